@@ -1,0 +1,64 @@
+/*
+Copyright 2026 Involveo.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+package v1alpha1
+
+// Condition types of a WebhookSubscription.
+const (
+	// ConditionReady is True when the relay has loaded a routing revision that
+	// contains the subscription's current generation.
+	ConditionReady = "Ready"
+	// ConditionDeliveryHealthy is True while recent deliveries succeed, False
+	// while they fail, and Unknown before the first attempt.
+	ConditionDeliveryHealthy = "DeliveryHealthy"
+	// ConditionReconciling is True while the manager works towards Ready (kstatus).
+	ConditionReconciling = "Reconciling"
+	// ConditionStalled is True when the spec cannot be served without a user's
+	// change (kstatus).
+	ConditionStalled = "Stalled"
+)
+
+// Reasons of the Ready condition.
+const (
+	// ReasonRouteLoaded: the relay reports a revision containing this generation.
+	ReasonRouteLoaded = "RouteLoaded"
+	// ReasonSecretNotFound: a referenced Secret does not exist.
+	ReasonSecretNotFound = "SecretNotFound"
+	// ReasonSecretKeyNotFound: a referenced Secret lacks the referenced key.
+	ReasonSecretKeyNotFound = "SecretKeyNotFound"
+	// ReasonInvalidSpec: the spec passed the API server but cannot be routed.
+	ReasonInvalidSpec = "InvalidSpec"
+	// ReasonSuspended: spec.suspend is true, so the subscription is not routed.
+	ReasonSuspended = "Suspended"
+	// ReasonRelayUnavailable: no relay answered the health poll.
+	ReasonRelayUnavailable = "RelayUnavailable"
+	// ReasonRoutePending: the route is rendered but the relay has not loaded it yet.
+	ReasonRoutePending = "RoutePending"
+)
+
+// Reasons of the DeliveryHealthy condition and of Kubernetes Events.
+const (
+	// ReasonNoDeliveries: nothing has been attempted yet.
+	ReasonNoDeliveries = "NoDeliveries"
+	// ReasonDeliverySucceeded: the latest attempt got 200 OK.
+	ReasonDeliverySucceeded = "DeliverySucceeded"
+	// ReasonDeliveryFailing: the latest attempt failed.
+	ReasonDeliveryFailing = "DeliveryFailing"
+	// ReasonDeliveryRecovered: an attempt succeeded after failures (Event only).
+	ReasonDeliveryRecovered = "DeliveryRecovered"
+	// ReasonDeadLettered: a delivery exhausted its retries (Event only).
+	ReasonDeadLettered = "DeadLettered"
+)

@@ -45,8 +45,10 @@ type WebhookSubscriptionSpec struct {
 
 	// headers are extra HTTP headers sent with every delivery, either literal
 	// values or values read from a Secret in this namespace. Content-Type,
-	// Content-Length, Host, X-Api-Key, X-Involveo-Event and X-Involveo-Delivery
-	// are set by the relay and cannot be overridden.
+	// Content-Length, Host, X-Api-Key, X-Involveo-Event, X-Involveo-Delivery
+	// and the hop-by-hop headers (Connection, Keep-Alive, Proxy-Connection, TE,
+	// Trailer, Transfer-Encoding, Upgrade) are set by the relay and cannot be
+	// overridden.
 	// +optional
 	// +listType=map
 	// +listMapKey=name
@@ -111,7 +113,7 @@ type SecretKeyReference struct {
 
 // Header is one extra HTTP header sent with every delivery.
 // +kubebuilder:validation:XValidation:rule="has(self.value) != has(self.valueFrom)",message="exactly one of value or valueFrom must be set"
-// +kubebuilder:validation:XValidation:rule="!(self.name.lowerAscii() in ['content-type', 'content-length', 'host', 'x-api-key', 'x-involveo-event', 'x-involveo-delivery'])",messageExpression="'header ' + self.name + ' is reserved: the relay sets it'",fieldPath=".name"
+// +kubebuilder:validation:XValidation:rule="!(self.name.lowerAscii() in ['content-type', 'content-length', 'host', 'x-api-key', 'x-involveo-event', 'x-involveo-delivery', 'connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade'])",messageExpression="'header ' + self.name + ' is reserved: the relay sets it'",fieldPath=".name"
 type Header struct {
 	// name is the header name, a valid HTTP token such as X-Tenant.
 	// +required

@@ -1,0 +1,156 @@
+// Command relay is the data plane: it receives Involveo events, stores them in
+// JetStream and delivers them to the subscriptions of its routing table.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/go-logr/logr"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/involveo/webhook-operator/internal/delivery"
+	"github.com/involveo/webhook-operator/internal/relay"
+	"github.com/involveo/webhook-operator/internal/routing"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "relay:", err)
+		os.Exit(1)
+	}
+}
+
+type source interface {
+	Run(ctx context.Context) error
+}
+
+func run() error {
+	var (
+		cfg            relay.Config
+		configFile     string
+		credentials    string
+		kubeconfig     string
+		namespace      string
+		routesCM       string
+		credsSecret    string
+		tokenFile      string
+		allowCIDRs     string
+		logLevel       string
+		deliverAckWait time.Duration
+	)
+	flag.StringVar(&cfg.Listen, "listen", ":8080", "address for event ingest (POST /v1/events)")
+	flag.StringVar(&cfg.AdminListen, "admin-listen", ":9090", "address for /healthz, /readyz, /metrics and /v1/subscriptions")
+	flag.StringVar(&cfg.Queue.DataDir, "data-dir", "", "JetStream file storage of the embedded NATS server")
+	flag.StringVar(&cfg.Queue.NATSURL, "nats-url", "", "external JetStream URL; no embedded server is started then")
+	flag.IntVar(&cfg.Queue.Replicas, "nats-replicas", 1, "stream replicas on an external JetStream cluster")
+	flag.StringVar(&configFile, "config", "", "standalone routing file (YAML); otherwise read the Kubernetes objects")
+	flag.StringVar(&credentials, "credentials-file", "", "with --config: YAML map or directory of files holding the values of secretKey references")
+	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig for reading the routing objects; in-cluster config when empty")
+	flag.StringVar(&namespace, "namespace", defaultNamespace(), "namespace of the routing ConfigMap and credentials Secret")
+	flag.StringVar(&routesCM, "routes-configmap", routing.ConfigMapName, "name of the routing ConfigMap")
+	flag.StringVar(&credsSecret, "credentials-secret", routing.CredentialsSecretName, "name of the credentials Secret")
+	flag.StringVar(&tokenFile, "ingest-token-file", "", "file holding the bearer token ingest requires; no token when empty")
+	flag.StringVar(&allowCIDRs, "allow-destination-cidrs", "", "comma-separated CIDRs deliveries may reach although private, loopback or link-local")
+	flag.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", relay.DefaultMaxBodyBytes, "largest event accepted on ingest")
+	flag.IntVar(&cfg.Workers, "workers", 128, "concurrent delivery attempts")
+	flag.IntVar(&cfg.MaxInFlightPerSubscription, "max-in-flight-per-subscription", 16, "concurrent attempts one subscription may run")
+	flag.Int64Var(&cfg.Queue.EventsMaxBytes, "events-max-bytes", 1<<30, "event log size limit; ingest answers 503 when full")
+	flag.DurationVar(&cfg.Queue.EventsMaxAge, "events-max-age", 7*24*time.Hour, "how long events are kept in the event log")
+	flag.DurationVar(&cfg.Queue.IdempotencyWindow, "idempotency-window", time.Hour, "how long an Idempotency-Key is remembered")
+	flag.Int64Var(&cfg.Queue.DeliveriesMaxBytes, "deliveries-max-bytes", 4<<30, "pending deliveries size limit")
+	flag.Int64Var(&cfg.Queue.DeadLettersMaxBytes, "dead-letters-max-bytes", 1<<30, "dead-letter stream size limit (oldest dropped first)")
+	flag.DurationVar(&cfg.Queue.DeadLettersMaxAge, "dead-letters-max-age", 30*24*time.Hour, "how long dead letters are kept")
+	flag.DurationVar(&deliverAckWait, "deliver-ack-wait", 6*time.Minute, "how long an attempt may hold a delivery before another relay takes it over; must exceed the longest endpoint timeout (5m)")
+	flag.IntVar(&cfg.Queue.MaxAckPending, "max-ack-pending", 20000, "deliveries handed out and not yet settled, per consumer")
+	flag.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "wait for running attempts at shutdown before handing them back")
+	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	flag.Parse()
+	cfg.Queue.DeliverAckWait = deliverAckWait
+
+	log, err := newLogger(logLevel)
+	if err != nil {
+		return err
+	}
+	cfg.Log = log
+	if cfg.AllowDestinationCIDRs, err = delivery.ParseCIDRs(allowCIDRs); err != nil {
+		return fmt.Errorf("--allow-destination-cidrs: %w", err)
+	}
+	if tokenFile != "" {
+		token, err := os.ReadFile(tokenFile)
+		if err != nil {
+			return fmt.Errorf("--ingest-token-file: %w", err)
+		}
+		if cfg.IngestToken = []byte(strings.TrimSpace(string(token))); len(cfg.IngestToken) == 0 {
+			return errors.New("--ingest-token-file is empty")
+		}
+	}
+
+	r := relay.New(cfg)
+	var src source
+	if configFile != "" {
+		src = &routing.FileSource{ConfigPath: configFile, CredentialsPath: credentials, Log: log, OnChange: r.SetRoutes}
+	} else {
+		restCfg, err := restConfig(kubeconfig)
+		if err != nil {
+			return err
+		}
+		cs, err := kubernetes.NewForConfig(restCfg)
+		if err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+		src = &routing.KubernetesSource{Client: cs, Namespace: namespace, ConfigMapName: routesCM,
+			SecretName: credsSecret, Log: log, OnChange: r.SetRoutes}
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return src.Run(ctx) })
+	g.Go(func() error { return r.Run(ctx) })
+	return g.Wait()
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("no --config, no --kubeconfig and not in a cluster: %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("--kubeconfig: %w", err)
+	}
+	return cfg, nil
+}
+
+// defaultNamespace is the pod's own namespace in a cluster, else the
+// operator's default.
+func defaultNamespace() string {
+	if ns, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace"); err == nil {
+		return strings.TrimSpace(string(ns))
+	}
+	return "involveo-webhooks"
+}
+
+func newLogger(level string) (logr.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return logr.Logger{}, fmt.Errorf("--log-level: %w", err)
+	}
+	h := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})
+	return logr.FromSlogHandler(h), nil
+}

@@ -1,0 +1,308 @@
+// Package relay is the data plane: it takes Involveo events over HTTP, stores
+// them in JetStream, fans each out to the matching subscriptions and delivers
+// them with retries and dead letters.
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/involveo/webhook-operator/internal/delivery"
+	"github.com/involveo/webhook-operator/internal/health"
+	"github.com/involveo/webhook-operator/internal/routing"
+)
+
+// Server limits for the ingest and admin listeners.
+const (
+	// readHeaderTimeout stops slow-loris clients from holding connections.
+	readHeaderTimeout = 5 * time.Second
+	// readTimeout covers a 1 MiB body on a slow link.
+	readTimeout = 30 * time.Second
+	// writeTimeout covers the JetStream write (storeTimeout) and the answer.
+	writeTimeout = 30 * time.Second
+	// idleTimeout closes idle keep-alive connections.
+	idleTimeout = 120 * time.Second
+	// maxHeaderBytes is far above what the producer sends and far below
+	// Go's 1 MiB default.
+	maxHeaderBytes = 32 << 10
+	// fanoutWorkers is how many events are fanned out at once; each waits for
+	// JetStream to store its deliveries, so a few overlap those waits.
+	fanoutWorkers = 4
+)
+
+// Config is the relay's configuration; cmd/relay fills it from flags.
+type Config struct {
+	Listen      string
+	AdminListen string
+	Queue       QueueConfig
+	// MaxBodyBytes is the ingest size limit.
+	MaxBodyBytes int64
+	// IngestToken, when set, is the bearer token ingest requires.
+	IngestToken []byte
+	// Workers is the number of concurrent delivery attempts.
+	Workers int
+	// MaxInFlightPerSubscription caps the attempts one subscription may run
+	// at once, so a slow endpoint cannot starve the others.
+	MaxInFlightPerSubscription int
+	// AllowDestinationCIDRs lets deliveries reach otherwise refused ranges.
+	AllowDestinationCIDRs []netip.Prefix
+	// ShutdownTimeout bounds the wait for running attempts at shutdown.
+	ShutdownTimeout time.Duration
+	Log             logr.Logger
+}
+
+// Relay is one relay process.
+type Relay struct {
+	cfg      Config
+	log      logr.Logger
+	queue    *Queue
+	client   *delivery.Client
+	stats    *stats
+	metrics  *metrics
+	inflight *inflight
+	routes   atomic.Pointer[routing.Routes]
+	loaded   atomic.Bool
+	// firstLoad is closed by the first SetRoutes.
+	firstLoad     chan struct{}
+	firstLoadOnce sync.Once
+	instance string
+	started  time.Time
+
+	ingestServer *http.Server
+	adminServer  *http.Server
+	ingestAddr   chan net.Addr
+	adminAddr    chan net.Addr
+}
+
+// New builds a relay; Run starts it.
+func New(cfg Config) *Relay {
+	r := &Relay{
+		cfg:        cfg,
+		log:        cfg.Log,
+		stats:      newStats(),
+		inflight:   &inflight{limit: cfg.MaxInFlightPerSubscription, n: map[string]int{}},
+		firstLoad:  make(chan struct{}),
+		instance:   nuid.Next(),
+		started:    time.Now().UTC(),
+		ingestAddr: make(chan net.Addr, 1),
+		adminAddr:  make(chan net.Addr, 1),
+		client: delivery.NewClient(delivery.Options{
+			AllowCIDRs:      cfg.AllowDestinationCIDRs,
+			MaxConnsPerHost: cfg.MaxInFlightPerSubscription,
+			UserAgent:       "involveo-webhook-relay/1",
+		}),
+	}
+	r.metrics = newMetrics(func() float64 { return float64(r.stats.pendingTotal()) })
+	return r
+}
+
+// SetRoutes swaps in a new routing table. In-flight attempts finish with the
+// route they started with; every later attempt reads the new one.
+func (r *Relay) SetRoutes(routes *routing.Routes) {
+	r.routes.Store(routes)
+	r.loaded.Store(true)
+	r.firstLoadOnce.Do(func() { close(r.firstLoad) })
+	r.metrics.setRevision(routes.Revision)
+}
+
+// IngestAddr and AdminAddr return the bound addresses once listening
+// (useful with port 0).
+func (r *Relay) IngestAddr() <-chan net.Addr { return r.ingestAddr }
+func (r *Relay) AdminAddr() <-chan net.Addr  { return r.adminAddr }
+
+// Run serves until ctx is done, then shuts down in order: stop taking events,
+// stop handing out deliveries, let running attempts finish (or hand them back
+// at ShutdownTimeout), flush acknowledgements, stop the store.
+func (r *Relay) Run(ctx context.Context) error {
+	ingestLn, err := net.Listen("tcp", r.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen for ingest: %w", err)
+	}
+	adminLn, err := net.Listen("tcp", r.cfg.AdminListen)
+	if err != nil {
+		_ = ingestLn.Close()
+		return fmt.Errorf("listen for admin: %w", err)
+	}
+	r.adminServer = newServer(r.adminHandler())
+	adminDone := serve(r.adminServer, adminLn, r.log)
+	r.adminAddr <- adminLn.Addr()
+	defer shutdownServer(r.adminServer, adminDone)
+
+	q, err := OpenQueue(ctx, r.cfg.Queue, r.log)
+	if err != nil {
+		_ = ingestLn.Close()
+		return fmt.Errorf("open queue: %w", err)
+	}
+	r.queue = q
+	defer q.Close()
+
+	if err := r.waitForRoutes(ctx); err != nil {
+		_ = ingestLn.Close()
+		return nil
+	}
+
+	workCtx, stopWork := context.WithCancel(context.Background())
+	defer stopWork()
+	var wg sync.WaitGroup
+	fanoutMsgs, err := q.fanout.Messages(jetstream.PullMaxMessages(4 * fanoutWorkers))
+	if err != nil {
+		_ = ingestLn.Close()
+		return fmt.Errorf("consume events: %w", err)
+	}
+	deliverMsgs, err := q.deliver.Messages(jetstream.PullMaxMessages(2 * r.cfg.Workers))
+	if err != nil {
+		fanoutMsgs.Stop()
+		_ = ingestLn.Close()
+		return fmt.Errorf("consume deliveries: %w", err)
+	}
+	events := make(chan jetstream.Msg)
+	for range fanoutWorkers {
+		wg.Go(func() {
+			for msg := range events {
+				r.fanout(workCtx, msg)
+			}
+		})
+	}
+	work := make(chan *pendingDelivery)
+	var workers sync.WaitGroup
+	for range r.cfg.Workers {
+		workers.Go(func() { r.worker(workCtx, work) })
+	}
+	wg.Go(func() { pump(fanoutMsgs, func(m jetstream.Msg) { events <- m }); close(events) })
+	wg.Go(func() {
+		pump(deliverMsgs, func(m jetstream.Msg) { r.dispatch(workCtx, m, work) })
+		close(work)
+	})
+
+	r.ingestServer = newServer(r.ingestHandler())
+	ingestDone := serve(r.ingestServer, ingestLn, r.log)
+	r.ingestAddr <- ingestLn.Addr()
+	r.log.Info("relay started", "listen", ingestLn.Addr().String(), "admin", adminLn.Addr().String(),
+		"instance", r.instance)
+
+	<-ctx.Done()
+	r.log.Info("shutting down")
+	shutdownServer(r.ingestServer, ingestDone)
+	fanoutMsgs.Stop()
+	deliverMsgs.Stop()
+	finished := make(chan struct{})
+	go func() { workers.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(r.cfg.ShutdownTimeout):
+		r.log.Info("shutdown timeout: handing running attempts back to the queue")
+		stopWork()
+		<-finished
+	}
+	wg.Wait()
+	return nil
+}
+
+// pump feeds every message of a pull subscription to handle until Stop.
+func pump(msgs jetstream.MessagesContext, handle func(jetstream.Msg)) {
+	for {
+		msg, err := msgs.Next()
+		if err != nil {
+			return
+		}
+		handle(msg)
+	}
+}
+
+// waitForRoutes blocks until the first routing table is loaded: dispatching
+// against an empty table would cancel every pending delivery.
+func (r *Relay) waitForRoutes(ctx context.Context) error {
+	if !r.loaded.Load() {
+		r.log.Info("waiting for the routing table")
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-r.firstLoad:
+		return nil
+	}
+}
+
+func (r *Relay) ingestHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/v1/events", r.handleIngest)
+	return mux
+}
+
+func (r *Relay) adminHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case r.queue == nil || !r.queue.Connected():
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "queue not connected"})
+		case !r.loaded.Load():
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "no routing table loaded"})
+		default:
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		}
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(r.metrics.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET "+health.Path, func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, r.Health())
+	})
+	return mux
+}
+
+// Health is the report served on GET /v1/subscriptions.
+func (r *Relay) Health() health.Report {
+	routes := r.routes.Load()
+	rep := health.Report{
+		Instance:      r.instance,
+		StartTime:     r.started,
+		Loaded:        r.loaded.Load(),
+		Subscriptions: r.stats.report(routes),
+	}
+	if routes != nil {
+		rep.Revision = routes.Revision
+	}
+	return rep
+}
+
+func newServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+	}
+}
+
+func serve(srv *http.Server, ln net.Listener, log logr.Logger) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error(err, "HTTP server stopped")
+		}
+	}()
+	return done
+}
+
+func shutdownServer(srv *http.Server, done <-chan struct{}) {
+	ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+	defer cancel()
+	_ = srv.Shutdown(ctx)
+	<-done
+}

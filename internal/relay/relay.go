@@ -77,8 +77,8 @@ type Relay struct {
 	// firstLoad is closed by the first SetRoutes.
 	firstLoad     chan struct{}
 	firstLoadOnce sync.Once
-	instance string
-	started  time.Time
+	instance      string
+	started       time.Time
 
 	ingestServer *http.Server
 	adminServer  *http.Server

@@ -1,0 +1,403 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/nats-io/nuid"
+
+	"github.com/involveo/webhook-operator/internal/delivery"
+	"github.com/involveo/webhook-operator/internal/event"
+	"github.com/involveo/webhook-operator/internal/routing"
+)
+
+// The end-to-end benchmarks post b.N seed events to a relay (durable: every
+// event and delivery goes through the embedded JetStream) and, in the same
+// run, to an in-memory forwarder that validates, routes and POSTs with the
+// same delivery client but keeps nothing. Both deliver to real HTTP sinks on
+// 127.0.0.1 that answer 200. The issue's target is relay ≥ 0.5× forwarder.
+//
+//	make bench
+//
+// Figures per benchmark: events/s (accepted events whose every delivery
+// arrived, over the time from the first POST to the last delivery),
+// deliveries/s, and the p50/p99 latency of a delivery, from the moment its
+// producer sent the POST to the moment the sink received the delivery.
+const (
+	// benchProducers is how many clients post at once, each over its own
+	// keep-alive connection: a busy producer with a connection pool.
+	benchProducers = 16
+	// benchWorkers and benchInFlight are the relay's worker pool and
+	// per-subscription cap; the forwarder gets the same pool size and the
+	// same client (whose per-host connection cap is benchInFlight).
+	benchWorkers  = 128
+	benchInFlight = 16
+	// benchFanout is the number of subscriptions matching every event in the
+	// fan-out case, each with its own sink listener like separate tenants.
+	benchFanout = 100
+	// benchDrainTimeout bounds the wait for the last delivery; it only
+	// guards against a hung run, a healthy one takes seconds.
+	benchDrainTimeout = 3 * time.Minute
+	// benchSeqMarker precedes the event's sequence number in the title of
+	// the posted event, so that the sink can look up when it was sent
+	// without parsing the JSON.
+	benchSeqMarker = "bench#"
+	benchSeqDigits = 10
+)
+
+func BenchmarkRelay_OneSubscription(b *testing.B) { benchEndToEnd(b, startBenchRelay, 1) }
+
+func BenchmarkRelay_Fanout100(b *testing.B) { benchEndToEnd(b, startBenchRelay, benchFanout) }
+
+func BenchmarkForwarder_OneSubscription(b *testing.B) { benchEndToEnd(b, startForwarder, 1) }
+
+func BenchmarkForwarder_Fanout100(b *testing.B) { benchEndToEnd(b, startForwarder, benchFanout) }
+
+// benchTarget starts something that takes POST /v1/events and delivers per
+// routes; it returns the ingest URL and stops at the benchmark's cleanup. It
+// calls abort when a delivery is lost, so the run ends instead of waiting.
+type benchTarget func(b *testing.B, routes *routing.Routes, abort func()) string
+
+func benchEndToEnd(b *testing.B, start benchTarget, subscriptions int) {
+	sink := newBenchSink(b, subscriptions, b.N)
+	ingestURL := start(b, sink.routes(b), sink.abort)
+	bodies := newBenchBodies(b)
+	client := &http.Client{Transport: &http.Transport{
+		MaxIdleConnsPerHost: benchProducers,
+		MaxConnsPerHost:     benchProducers,
+	}}
+	b.Cleanup(client.CloseIdleConnections)
+
+	b.ResetTimer()
+	began := time.Now()
+	var next atomic.Int64
+	var producers sync.WaitGroup
+	for range benchProducers {
+		producers.Go(func() {
+			for {
+				seq := int(next.Add(1) - 1)
+				if seq >= b.N {
+					return
+				}
+				body := bodies.body(seq)
+				sink.sent[seq].Store(int64(time.Since(sink.epoch)))
+				if err := postEvent(client, ingestURL, body); err != nil {
+					b.Errorf("event %d: %v", seq, err)
+					sink.abort()
+					return
+				}
+			}
+		})
+	}
+	producers.Wait()
+	select {
+	case <-sink.done:
+	case <-sink.aborted:
+		b.FailNow()
+	case <-time.After(benchDrainTimeout):
+		b.Fatalf("%d of %d deliveries arrived within %s", sink.got.Load(), sink.want, benchDrainTimeout)
+	}
+	elapsed := time.Since(began)
+	b.StopTimer()
+
+	lat := sink.latencies()
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "events/s")
+	b.ReportMetric(float64(sink.want)/elapsed.Seconds(), "deliveries/s")
+	b.ReportMetric(percentile(lat, 50).Seconds()*1000, "p50-ms")
+	b.ReportMetric(percentile(lat, 99).Seconds()*1000, "p99-ms")
+}
+
+func postEvent(client *http.Client, url string, body []byte) error {
+	resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("ingest answered %d: %s", resp.StatusCode, answer)
+	}
+	return nil
+}
+
+func percentile(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[min(len(sorted)*p/100, len(sorted)-1)]
+}
+
+// benchBodies are the four seed events, each with a slot in the task title
+// for the event's sequence number.
+type benchBodies struct {
+	prefix, suffix [][]byte
+}
+
+func newBenchBodies(b *testing.B) *benchBodies {
+	bb := &benchBodies{}
+	for _, typ := range []string{"task.created", "task.published", "task.status_changed", "task.deleted"} {
+		seed := seedEvent(b, typ)
+		const title = `"title": "`
+		i := bytes.Index(seed, []byte(title))
+		if i < 0 {
+			b.Fatalf("seed %s has no task title to number", typ)
+		}
+		i += len(title)
+		bb.prefix = append(bb.prefix, seed[:i:i])
+		bb.suffix = append(bb.suffix, append([]byte(" "), seed[i:]...))
+	}
+	return bb
+}
+
+// body is a seed event numbered seq, which still validates.
+func (bb *benchBodies) body(seq int) []byte {
+	k := seq % len(bb.prefix)
+	out := make([]byte, 0, len(bb.prefix[k])+len(benchSeqMarker)+benchSeqDigits+len(bb.suffix[k]))
+	out = append(out, bb.prefix[k]...)
+	out = append(out, benchSeqMarker...)
+	out = fmt.Appendf(out, "%0*d", benchSeqDigits, seq)
+	return append(out, bb.suffix[k]...)
+}
+
+// benchSink is the subscribers' side: one listener per subscription, all
+// counting into one tally. It answers 200 to everything and records, per
+// delivery, the time since its event was posted.
+type benchSink struct {
+	servers []*httptest.Server
+	epoch   time.Time
+	// sent[seq] is when event seq was posted, in nanoseconds since epoch.
+	sent []atomic.Int64
+	// lat holds one latency per delivery; slot is the next free index.
+	lat  []time.Duration
+	slot atomic.Int64
+	// got counts deliveries; done is closed when it reaches want.
+	got       atomic.Int64
+	want      int64
+	done      chan struct{}
+	aborted   chan struct{}
+	abortOnce sync.Once
+}
+
+func newBenchSink(b *testing.B, subscriptions, events int) *benchSink {
+	s := &benchSink{
+		epoch:   time.Now(),
+		sent:    make([]atomic.Int64, events),
+		lat:     make([]time.Duration, events*subscriptions),
+		want:    int64(events * subscriptions),
+		done:    make(chan struct{}),
+		aborted: make(chan struct{}),
+	}
+	for range subscriptions {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.receive(b, w, r) }))
+		b.Cleanup(srv.Close)
+		s.servers = append(s.servers, srv)
+	}
+	return s
+}
+
+func (s *benchSink) receive(b *testing.B, w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	at := time.Since(s.epoch)
+	if err != nil {
+		b.Errorf("sink read: %v", err)
+		s.abort()
+		return
+	}
+	seq, ok := benchSeq(body)
+	if !ok || seq >= len(s.sent) {
+		b.Errorf("sink got a delivery without a known sequence number: %.80q", body)
+		s.abort()
+		return
+	}
+	// At-least-once: a redelivered duplicate is counted, not measured twice.
+	if i := s.slot.Add(1) - 1; i < int64(len(s.lat)) {
+		s.lat[i] = at - time.Duration(s.sent[seq].Load())
+	}
+	if s.got.Add(1) == s.want {
+		close(s.done)
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+func (s *benchSink) abort() { s.abortOnce.Do(func() { close(s.aborted) }) }
+
+// latencies returns the recorded latencies, sorted; call it after done.
+func (s *benchSink) latencies() []time.Duration {
+	lat := s.lat[:min(int(s.slot.Load()), len(s.lat))]
+	slices.Sort(lat)
+	return lat
+}
+
+func benchSeq(body []byte) (int, bool) {
+	i := bytes.Index(body, []byte(benchSeqMarker))
+	if i < 0 || len(body) < i+len(benchSeqMarker)+benchSeqDigits {
+		return 0, false
+	}
+	i += len(benchSeqMarker)
+	seq, err := strconv.Atoi(string(body[i : i+benchSeqDigits]))
+	return seq, err == nil
+}
+
+// routes is one subscription per sink listener, each taking every task event.
+func (s *benchSink) routes(b *testing.B) *routing.Routes {
+	var yaml strings.Builder
+	yaml.WriteString("subscriptions:\n")
+	for i, srv := range s.servers {
+		yaml.WriteString(routeYAML(fmt.Sprintf("bench/sub-%03d", i), srv.URL+"/hook", `["task.*"]`, ""))
+	}
+	return compile(b, yaml.String())
+}
+
+// startBenchRelay runs a relay on an embedded JetStream in b.TempDir() with
+// the issue's benchmark settings. It does not use startRelay because that
+// logs through testr, which needs a *testing.T under -v.
+func startBenchRelay(b *testing.B, routes *routing.Routes, _ func()) string {
+	r := New(Config{
+		Listen:                     "127.0.0.1:0",
+		AdminListen:                "127.0.0.1:0",
+		MaxBodyBytes:               DefaultMaxBodyBytes,
+		Workers:                    benchWorkers,
+		MaxInFlightPerSubscription: benchInFlight,
+		AllowDestinationCIDRs:      []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		ShutdownTimeout:            5 * time.Second,
+		Log:                        logr.Discard(),
+		Queue: QueueConfig{
+			DataDir:             b.TempDir(),
+			EventsMaxBytes:      1 << 30,
+			EventsMaxAge:        time.Hour,
+			IdempotencyWindow:   time.Hour,
+			DeliveriesMaxBytes:  1 << 30,
+			DeadLettersMaxBytes: 64 << 20,
+			DeadLettersMaxAge:   time.Hour,
+			DeliverAckWait:      30 * time.Second,
+			MaxAckPending:       1000,
+		},
+	})
+	r.SetRoutes(routes)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	b.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			b.Errorf("relay stopped: %v", err)
+		}
+	})
+	select {
+	case <-r.AdminAddr():
+	case err := <-done:
+		b.Fatalf("relay stopped before listening: %v", err)
+	}
+	select {
+	case a := <-r.IngestAddr():
+		return "http://" + a.String() + "/v1/events"
+	case err := <-done:
+		b.Fatalf("relay stopped before listening: %v", err)
+		return ""
+	}
+}
+
+// forwarder is the baseline: it validates and routes an event like the
+// relay, then hands one job per matching subscription to a pool of
+// goroutines that POST it with the relay's delivery client, and answers 202
+// once every job is taken. Nothing is stored: a crash loses what is in flight.
+type forwarder struct {
+	routes *routing.Routes
+	client *delivery.Client
+	jobs   chan forwardJob
+	failed func(error)
+}
+
+type forwardJob struct {
+	route     *routing.Route
+	eventType string
+	eventID   string
+	body      []byte
+}
+
+func startForwarder(b *testing.B, routes *routing.Routes, abort func()) string {
+	f := &forwarder{
+		routes: routes,
+		client: delivery.NewClient(delivery.Options{
+			AllowCIDRs:      []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+			MaxConnsPerHost: benchInFlight,
+			UserAgent:       "involveo-webhook-relay/1",
+		}),
+		jobs:   make(chan forwardJob),
+		failed: func(err error) { b.Errorf("forwarder: %v", err); abort() },
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var workers sync.WaitGroup
+	for range benchWorkers {
+		workers.Go(func() { f.work(ctx) })
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := newServer(http.HandlerFunc(f.ingest))
+	served := serve(srv, ln, logr.Discard())
+	b.Cleanup(func() {
+		shutdownServer(srv, served)
+		close(f.jobs)
+		cancel()
+		workers.Wait()
+	})
+	return "http://" + ln.Addr().String() + "/v1/events"
+}
+
+func (f *forwarder) ingest(w http.ResponseWriter, req *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, DefaultMaxBodyBytes))
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, errorResponse{Error: err.Error(), Field: "body"})
+		return
+	}
+	env, err := event.Parse(body)
+	if err != nil {
+		var verr *event.ValidationError
+		if errors.As(err, &verr) {
+			writeJSON(w, http.StatusBadRequest, errorResponse{Error: verr.Message, Field: verr.Field})
+			return
+		}
+		writeJSON(w, http.StatusBadRequest, errorResponse{Error: err.Error(), Field: "body"})
+		return
+	}
+	id := nuid.Next()
+	matches := f.routes.Match(env.Type)
+	for _, route := range matches {
+		f.jobs <- forwardJob{route: route, eventType: env.Type, eventID: id, body: env.Raw}
+	}
+	writeJSON(w, http.StatusAccepted, ingestResponse{ID: id, Deliveries: len(matches)})
+}
+
+func (f *forwarder) work(ctx context.Context) {
+	for j := range f.jobs {
+		res := f.client.Deliver(ctx, delivery.Request{
+			URL:        j.route.URL,
+			APIKey:     j.route.APIKey,
+			Headers:    deliveryHeaders(j.route),
+			EventType:  j.eventType,
+			DeliveryID: deliveryID(j.eventID, j.route.ID),
+			Body:       j.body,
+			Timeout:    j.route.Timeout,
+		})
+		if !res.OK() {
+			f.failed(fmt.Errorf("deliver to %s: %s", j.route.ID, res.Reason))
+		}
+	}
+}

@@ -173,3 +173,40 @@ func TestRelayProcess_SIGKILLWithPendingRetriesLosesNothing(t *testing.T) {
 		return delivered == failing+lastMinute
 	})
 }
+
+func TestRelayProcess_HotReloadsTheRoutingFile(t *testing.T) {
+	before, after := newEndpoint(t, http.StatusOK), newEndpoint(t, http.StatusOK)
+	dir := t.TempDir()
+	routes := filepath.Join(dir, "routes.yaml")
+	write := func(url string) {
+		tmp := routes + ".tmp"
+		if err := os.WriteFile(tmp, []byte(table(routeYAML("ns/crm", url, `["*"]`, ""))), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// Rename, as editors and ConfigMap volume updates do.
+		if err := os.Rename(tmp, routes); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(before.URL)
+	p := startRelayProcess(t, "--config", routes, "--data-dir", filepath.Join(dir, "data"),
+		"--allow-destination-cidrs", "127.0.0.0/8")
+	p.post(t, seedEvent(t, "task.created"))
+	before.next(t, 10*time.Second)
+
+	write(after.URL)
+	eventually(t, 10*time.Second, "the new route to be used", func() bool {
+		p.post(t, seedEvent(t, "task.created"))
+		select {
+		case <-after.got:
+			return true
+		case <-time.After(200 * time.Millisecond):
+			return false
+		}
+	})
+	select {
+	case <-p.exited:
+		t.Fatal("the relay restarted to reload")
+	default:
+	}
+}

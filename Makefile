@@ -6,6 +6,8 @@
 GO ?= go
 CONTROLLER_GEN ?= $(GO) tool controller-gen
 ENVTEST_ASSETS ?= hack/envtest-assets.sh
+IMG ?= ghcr.io/involveo/webhook-operator:dev
+CONTAINER_TOOL ?= docker
 # Integration tests start a real kube-apiserver and etcd per package.
 GO_TEST_FLAGS ?= -count=1 -timeout=30m
 
@@ -49,8 +51,22 @@ test: manifests generate vet ## Run all tests (unit, integration on a real API s
 	echo "using envtest assets in $$assets"; \
 	KUBEBUILDER_ASSETS="$$assets" $(GO) test $(GO_TEST_FLAGS) ./...
 
+.PHONY: dev
+dev: build ## Run it locally: API server + etcd, manager, relay, samples and a demo receiver. Ctrl-C stops all.
+	$(GO) run ./hack/dev
+
+EVENT ?= task.published
+INGEST ?= http://127.0.0.1:8080
+.PHONY: dev-event
+dev-event: ## Post a sample Involveo event to the local relay (EVENT=task.created|task.published|task.status_changed|task.deleted).
+	@curl -sS -H 'Content-Type: application/json' --data-binary @internal/event/testdata/$(EVENT).json $(INGEST)/v1/events; echo
+
 ##@ Build
 
 .PHONY: build
 build: ## Build bin/manager and bin/relay.
 	$(GO) build -o bin/ ./cmd/...
+
+.PHONY: docker-build
+docker-build: ## Build the image with both binaries (needs a container engine).
+	$(CONTAINER_TOOL) build -t $(IMG) .

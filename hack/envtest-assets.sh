@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the envtest control plane (kube-apiserver and etcd) from source through
+# Builds the envtest control plane (kube-apiserver and etcd, plus kubectl for
+# `make dev` users) from source through
 # the Go module proxy, because setup-envtest downloads prebuilt binaries and that
 # does not work on air-gapped machines. Prints the folder holding the binaries;
 # progress goes to stderr. A preset KUBEBUILDER_ASSETS wins, and a finished
@@ -20,7 +21,7 @@ fi
 
 cache_root="${XDG_CACHE_HOME:-${HOME}/.cache}/involveo-webhooks/envtest"
 dest="${cache_root}/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}"
-if [[ -x "${dest}/kube-apiserver" && -x "${dest}/etcd" ]]; then
+if [[ -x "${dest}/kube-apiserver" && -x "${dest}/etcd" && -x "${dest}/kubectl" ]]; then
   echo "${dest}"
   exit 0
 fi
@@ -38,7 +39,7 @@ build_flags=(-trimpath -ldflags=-s\ -w)
 export GOFLAGS="-mod=mod"
 export CGO_ENABLED=0
 
-log "building kube-apiserver v${K8S_VERSION} from k8s.io/kubernetes (first run: ~6 min on 2 cores)"
+log "building kube-apiserver and kubectl v${K8S_VERSION} from k8s.io/kubernetes (first run: ~10 min on 2 cores)"
 apiserver_mod="${work}/kube-apiserver"
 mkdir -p "${apiserver_mod}"
 k8s_gomod="$(cd "${apiserver_mod}" && go mod download -json "k8s.io/kubernetes@v${K8S_VERSION}" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
@@ -60,10 +61,17 @@ staging_version="v0.${minor}"
 (
   cd "${apiserver_mod}"
   go get "k8s.io/kubernetes/cmd/kube-apiserver@v${K8S_VERSION}" >&2
-  go build "${build_flags[@]}" -o "${staging}/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+  if [[ -x "${dest}/kube-apiserver" ]]; then
+    cp "${dest}/kube-apiserver" "${staging}/"
+  else
+    go build "${build_flags[@]}" -o "${staging}/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+  fi
+  log "building kubectl"
+  go get "k8s.io/kubernetes/cmd/kubectl@v${K8S_VERSION}" >&2
+  go build "${build_flags[@]}" -o "${staging}/kubectl" k8s.io/kubernetes/cmd/kubectl
 )
 
-log "building etcd v${ETCD_VERSION} from go.etcd.io/etcd/server/v3"
+log "etcd v${ETCD_VERSION} from go.etcd.io/etcd/server/v3"
 etcd_mod="${work}/etcd"
 mkdir -p "${etcd_mod}"
 cat >"${etcd_mod}/main.go" <<'GO'
@@ -77,16 +85,21 @@ import (
 
 func main() { etcdmain.Main(os.Args) }
 GO
-(
+if [[ -x "${dest}/etcd" ]]; then
+  cp "${dest}/etcd" "${staging}/"
+else (
   cd "${etcd_mod}"
   go mod init involveo.local/envtest/etcd >/dev/null 2>&1
   go get "go.etcd.io/etcd/server/v3@v${ETCD_VERSION}" >&2
   go mod tidy >&2
   go build "${build_flags[@]}" -o "${staging}/etcd" .
-)
+) fi
 
-mkdir -p "${cache_root}"
-rm -rf "${dest}"
-mv "${staging}" "${dest}"
+# Each binary is renamed into place, so a test already running from the
+# folder keeps working and a reader never sees a half-written file.
+mkdir -p "${dest}"
+for bin in "${staging}"/*; do
+  mv -f "${bin}" "${dest}/"
+done
 log "assets ready in ${dest}"
 echo "${dest}"

@@ -1,0 +1,314 @@
+package render
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/yaml"
+
+	"github.com/involveo/webhook-operator/api/v1alpha1"
+	"github.com/involveo/webhook-operator/internal/routing"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata/")
+
+// sub builds a valid subscription; mutate adjusts it for a case.
+func sub(namespace, name string, mutate ...func(*v1alpha1.WebhookSubscription)) v1alpha1.WebhookSubscription {
+	s := v1alpha1.WebhookSubscription{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, Generation: 1},
+		Spec: v1alpha1.WebhookSubscriptionSpec{
+			Endpoint:        v1alpha1.Endpoint{URL: "https://" + name + ".example.com/hook"},
+			Events:          []v1alpha1.EventPattern{"task.published"},
+			APIKeySecretRef: v1alpha1.SecretKeyReference{Name: "hook", Key: "api-key"},
+		},
+	}
+	for _, m := range mutate {
+		m(&s)
+	}
+	return s
+}
+
+func withSecretHeader(header, secret, key string) func(*v1alpha1.WebhookSubscription) {
+	return func(s *v1alpha1.WebhookSubscription) {
+		s.Spec.Headers = append(s.Spec.Headers, v1alpha1.Header{Name: header,
+			ValueFrom: &v1alpha1.HeaderValueSource{SecretKeyRef: v1alpha1.SecretKeyReference{Name: secret, Key: key}}})
+	}
+}
+
+func withHeader(header, value string) func(*v1alpha1.WebhookSubscription) {
+	return func(s *v1alpha1.WebhookSubscription) {
+		s.Spec.Headers = append(s.Spec.Headers, v1alpha1.Header{Name: header, Value: value})
+	}
+}
+
+func nn(namespace, name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: namespace, Name: name}
+}
+
+// goldenInput covers every verdict and every spec field, in unsorted order.
+func goldenInput() ([]v1alpha1.WebhookSubscription, Secrets) {
+	subs := []v1alpha1.WebhookSubscription{
+		sub("team-b", "erp", func(s *v1alpha1.WebhookSubscription) {
+			s.Generation = 7
+			s.Spec.Events = []v1alpha1.EventPattern{"*"}
+			s.Spec.Endpoint.Timeout = &metav1.Duration{Duration: 90 * time.Second}
+			s.Spec.Retry = v1alpha1.RetryPolicy{MaxRetries: new(int32(0))}
+		}),
+		sub("team-a", "crm-sync", func(s *v1alpha1.WebhookSubscription) {
+			s.Generation = 3
+			s.Spec.Events = []v1alpha1.EventPattern{"task.published", "task.status_changed"}
+			s.Spec.Retry = v1alpha1.RetryPolicy{MaxRetries: new(int32(3)), Interval: &metav1.Duration{Duration: 3 * time.Minute}}
+		}, withHeader("X-Tenant", "acme"), withSecretHeader("Authorization", "hook", "token")),
+		sub("team-a", "paused", func(s *v1alpha1.WebhookSubscription) { s.Spec.Suspend = true }),
+		sub("team-a", "no-secret", func(s *v1alpha1.WebhookSubscription) { s.Spec.APIKeySecretRef.Name = "missing" }),
+		sub("team-a", "no-key", withSecretHeader("X-Signature", "hook", "signature")),
+		sub("team-a", "newline", func(s *v1alpha1.WebhookSubscription) { s.Spec.APIKeySecretRef.Key = "with-newline" }),
+		sub("team-a", "bad-header", withHeader("X-Note", "two\nlines")),
+	}
+	secrets := Secrets{
+		nn("team-a", "hook"): {"api-key": []byte("k-team-a"), "token": []byte("Bearer t-team-a"), "with-newline": []byte("k-team-a-newline\n")},
+		nn("team-b", "hook"): {"api-key": []byte("k-team-b")},
+	}
+	return subs, secrets
+}
+
+// goldenView is what the golden file shows: the ConfigMap text, the credentials keys
+// (values replaced by their length: the golden file must not teach anyone to commit
+// secrets) and every verdict.
+type goldenView struct {
+	Revision    string             `json:"revision"`
+	Credentials map[string]int     `json:"credentialValueLengths"`
+	Verdicts    map[string]Verdict `json:"verdicts"`
+}
+
+func TestRoutes_MatchesGolden(t *testing.T) {
+	subs, secrets := goldenInput()
+	res, err := Routes(subs, secrets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	view := goldenView{Revision: res.ConfigMap.Revision, Credentials: map[string]int{}, Verdicts: map[string]Verdict{}}
+	for k, v := range res.Credentials {
+		view.Credentials[k] = len(v)
+	}
+	for k, v := range res.Verdicts {
+		view.Verdicts[k.String()] = v
+	}
+	summary, err := yaml.Marshal(view)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []byte(res.ConfigMap.Data[routing.RoutesKey] + "---\n" + string(summary))
+
+	golden := filepath.Join("testdata", "routes.golden.yaml")
+	if *update {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("rendered routes differ from %s (run go test -update if intended):\n%s", golden, got)
+	}
+}
+
+func TestRoutes_Verdicts(t *testing.T) {
+	secrets := Secrets{nn("ns", "hook"): {"api-key": []byte("k"), "token": []byte("t"), "empty": nil}}
+	tests := []struct {
+		name        string
+		sub         v1alpha1.WebhookSubscription
+		wantReason  string
+		wantMessage []string
+	}{
+		{name: "includes a subscription whose Secrets resolve",
+			sub: sub("ns", "ok", withSecretHeader("Authorization", "hook", "token"))},
+		{name: "leaves out a suspended subscription even when its Secret is missing",
+			sub:        sub("ns", "s", func(s *v1alpha1.WebhookSubscription) { s.Spec.Suspend = true; s.Spec.APIKeySecretRef.Name = "gone" }),
+			wantReason: v1alpha1.ReasonSuspended, wantMessage: []string{"spec.suspend"}},
+		{name: "names the Secret, namespace and field when the API key Secret is missing",
+			sub:        sub("ns", "s", func(s *v1alpha1.WebhookSubscription) { s.Spec.APIKeySecretRef.Name = "gone" }),
+			wantReason: v1alpha1.ReasonSecretNotFound, wantMessage: []string{`Secret "gone"`, "namespace ns", "spec.apiKeySecretRef"}},
+		{name: "names the key and the header field when a header's key is missing",
+			sub:        sub("ns", "s", withHeader("X-A", "a"), withSecretHeader("X-B", "hook", "nope")),
+			wantReason: v1alpha1.ReasonSecretKeyNotFound, wantMessage: []string{`Secret "hook" has no key "nope"`, "spec.headers[1].valueFrom.secretKeyRef"}},
+		{name: "refuses an empty Secret value",
+			sub:        sub("ns", "s", func(s *v1alpha1.WebhookSubscription) { s.Spec.APIKeySecretRef.Key = "empty" }),
+			wantReason: v1alpha1.ReasonInvalidSecretValue, wantMessage: []string{`key "empty" is empty`}},
+		{name: "reports a literal header value the CRD allows but HTTP does not as InvalidSpec on the spec path",
+			sub:        sub("ns", "s", withHeader("X-A", "a\rb")),
+			wantReason: v1alpha1.ReasonInvalidSpec, wantMessage: []string{"spec.headers[0]:", "not a valid HTTP header value"}},
+		{name: "reports an invalid URL on spec.endpoint.url",
+			sub:        sub("ns", "s", func(s *v1alpha1.WebhookSubscription) { s.Spec.Endpoint.URL = "ftp://x.example.com" }),
+			wantReason: v1alpha1.ReasonInvalidSpec, wantMessage: []string{"spec.endpoint.url:"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			res, err := Routes([]v1alpha1.WebhookSubscription{tt.sub}, secrets)
+			g.Expect(err).NotTo(HaveOccurred())
+			v := res.Verdicts[nn(tt.sub.Namespace, tt.sub.Name)]
+			g.Expect(v.Reason).To(Equal(tt.wantReason))
+			g.Expect(v.Included).To(Equal(tt.wantReason == ""))
+			for _, m := range tt.wantMessage {
+				g.Expect(v.Message).To(ContainSubstring(m))
+			}
+			if tt.wantReason != "" {
+				g.Expect(res.Table.Subscriptions).To(BeEmpty())
+				g.Expect(res.Credentials).To(BeEmpty())
+			}
+		})
+	}
+}
+
+func TestRoutes_OneBadSubscriptionLeavesTheRestRouted(t *testing.T) {
+	g := NewWithT(t)
+	subs := []v1alpha1.WebhookSubscription{
+		sub("ns", "good"),
+		sub("ns", "bad", withHeader("X-A", "a\nb")),
+		sub("ns", "newline", func(s *v1alpha1.WebhookSubscription) { s.Spec.APIKeySecretRef.Key = "nl" }),
+	}
+	secrets := Secrets{nn("ns", "hook"): {"api-key": []byte("k"), "nl": []byte("k\n")}}
+	res, err := Routes(subs, secrets)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Table.Subscriptions).To(HaveLen(1))
+	g.Expect(res.Table.Subscriptions[0].ID).To(Equal("ns/good"))
+
+	// The relay compiles exactly what the manager writes; it must accept it.
+	table, err := routing.DecodeConfigMap(configMap(res))
+	g.Expect(err).NotTo(HaveOccurred())
+	routes, err := routing.Compile(table, res.Credentials)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(routes.Len()).To(Equal(1))
+}
+
+func TestRoutes_NoSecretValueInTheConfigMap(t *testing.T) {
+	g := NewWithT(t)
+	subs, secrets := goldenInput()
+	res, err := Routes(subs, secrets)
+	g.Expect(err).NotTo(HaveOccurred())
+	text := res.ConfigMap.Data[routing.RoutesKey]
+	for _, data := range secrets {
+		for _, v := range data {
+			if len(v) > 1 {
+				g.Expect(text).NotTo(ContainSubstring(string(v)))
+			}
+		}
+	}
+	for _, v := range res.Verdicts {
+		for _, data := range secrets {
+			for _, val := range data {
+				if len(val) > 1 {
+					g.Expect(v.Message).NotTo(ContainSubstring(string(val)))
+				}
+			}
+		}
+	}
+}
+
+func TestRoutes_StableAcrossInputOrder(t *testing.T) {
+	g := NewWithT(t)
+	subs, secrets := goldenInput()
+	first, err := Routes(subs, secrets)
+	g.Expect(err).NotTo(HaveOccurred())
+	slices.Reverse(subs)
+	second, err := Routes(subs, secrets)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(second.ConfigMap).To(Equal(first.ConfigMap))
+	g.Expect(second.Table.Revision).To(Equal(first.ConfigMap.Revision))
+}
+
+func TestRoutes_RendersAnEmptyTable(t *testing.T) {
+	g := NewWithT(t)
+	res, err := Routes(nil, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	table, err := routing.DecodeConfigMap(configMap(res))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(table.Subscriptions).To(BeEmpty())
+	g.Expect(res.ConfigMap.Revision).NotTo(BeEmpty())
+}
+
+func TestCredentialKey(t *testing.T) {
+	long := strings.Repeat("n", 253)
+	tests := []struct {
+		name string
+		got  string
+		want string
+	}{
+		{name: "joins namespace, Secret and key with underscores", got: CredentialKey("team-a", "crm-hook", "api-key"), want: "team-a_crm-hook_api-key"},
+		{name: "keeps dotted names apart", got: CredentialKey("a", "b.c", "d"), want: "a_b.c_d"},
+		{name: "keeps a key within the Secret key limit for the longest names", got: fmt.Sprint(len(CredentialKey(strings.Repeat("s", 63), long, long))), want: "253"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.got != tt.want {
+				t.Errorf("got %q, want %q", tt.got, tt.want)
+			}
+		})
+	}
+	if a, b := CredentialKey("ns", long, "api-key"), CredentialKey("ns", long, "api-kez"); a == b {
+		t.Errorf("long names that differ only at the end share key %q", a)
+	}
+	if a, b := CredentialKey("a", "b.c", "d"), CredentialKey("a", "b", "c.d"); a == b {
+		t.Errorf("different sources share key %q", a)
+	}
+}
+
+func TestRoutes_TenThousandSubscriptionsFitOneConfigMap(t *testing.T) {
+	g := NewWithT(t)
+	const n = 10_000
+	subs := make([]v1alpha1.WebhookSubscription, n)
+	secrets := Secrets{}
+	for i := range n {
+		ns := fmt.Sprintf("tenant-%03d", i%500)
+		subs[i] = sub(ns, fmt.Sprintf("hook-%05d", i), withHeader("X-Tenant", ns), withSecretHeader("Authorization", "hook", "token"))
+		subs[i].Spec.Endpoint.URL = fmt.Sprintf("https://hooks-%d.%s.example.com/involveo/%x", i, ns, i*7919)
+		secrets[nn(ns, "hook")] = map[string][]byte{"api-key": []byte("k-" + ns + "-0123456789abcdef"), "token": []byte("Bearer " + ns)}
+	}
+	res, err := Routes(subs, secrets)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(res.Table.Subscriptions).To(HaveLen(n))
+	g.Expect(res.ConfigMap.BinaryData).To(HaveKey(routing.RoutesGzipKey))
+	g.Expect(len(res.ConfigMap.BinaryData[routing.RoutesGzipKey])).To(BeNumerically("<", routing.MaxConfigMapBytes))
+	table, err := routing.DecodeConfigMap(configMap(res))
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = routing.Compile(table, res.Credentials)
+	g.Expect(err).NotTo(HaveOccurred())
+}
+
+func BenchmarkRoutes_10kSubscriptions(b *testing.B) {
+	const n = 10_000
+	subs := make([]v1alpha1.WebhookSubscription, n)
+	secrets := Secrets{}
+	for i := range n {
+		ns := fmt.Sprintf("tenant-%03d", i%500)
+		subs[i] = sub(ns, fmt.Sprintf("hook-%05d", i), withSecretHeader("Authorization", "hook", "token"))
+		secrets[nn(ns, "hook")] = map[string][]byte{"api-key": []byte("k"), "token": []byte("t")}
+	}
+	for b.Loop() {
+		if _, err := Routes(subs, secrets); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func configMap(res *Result) *corev1.ConfigMap {
+	return &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "operator", Name: routing.ConfigMapName},
+		Data:       res.ConfigMap.Data,
+		BinaryData: res.ConfigMap.BinaryData,
+	}
+}

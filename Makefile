@@ -51,6 +51,12 @@ test: manifests generate vet ## Run all tests (unit, integration on a real API s
 	echo "using envtest assets in $$assets"; \
 	KUBEBUILDER_ASSETS="$$assets" $(GO) test $(GO_TEST_FLAGS) ./...
 
+BENCHTIME ?= 3s
+BENCHCOUNT ?= 2
+.PHONY: bench
+bench: ## Benchmark the relay end to end (events/s, p50/p99) next to an in-memory forwarder (BENCHTIME=3s BENCHCOUNT=2).
+	$(GO) test -run='^$$' -bench=. -benchtime=$(BENCHTIME) -count=$(BENCHCOUNT) -timeout=10m ./internal/relay/
+
 .PHONY: dev
 dev: build ## Run it locally: API server + etcd, manager, relay, samples and a demo receiver. Ctrl-C stops all.
 	$(GO) run ./hack/dev

@@ -18,8 +18,9 @@ import (
 
 const (
 	// deferDelay is how long a delivery waits when its subscription already
-	// has MaxInFlightPerSubscription attempts running. Jitter spreads the
-	// returns so a backlog does not come back as one burst.
+	// has MaxInFlightPerSubscription attempts running and as many parked as
+	// is safe. Jitter spreads the returns so a backlog does not come back as
+	// one burst.
 	deferDelay = 500 * time.Millisecond
 	// settleTimeout bounds the wait for JetStream to store a retry or a dead
 	// letter before the attempt's own message is acknowledged.
@@ -63,21 +64,61 @@ func parseDelivery(msg jetstream.Msg) (*pendingDelivery, error) {
 }
 
 // inflight counts running attempts per subscription, so that one slow
-// endpoint cannot take every worker.
+// endpoint cannot take every worker. A delivery that finds its subscription
+// at the cap is parked in memory and started by the next attempt of that
+// subscription to finish, instead of going back to JetStream with a delay:
+// a busy but healthy endpoint would otherwise see its backlog bounce
+// between the relay and the store.
 type inflight struct {
-	mu    sync.Mutex
-	limit int
-	n     map[string]int
+	mu      sync.Mutex
+	limit   int
+	ackWait time.Duration
+	n       map[string]int
+	parked  map[string][]*pendingDelivery
 }
 
-func (f *inflight) acquire(id string) bool {
+// parkLimit bounds the parked deliveries of a route so that the last one
+// starts within half of AckWait even if every running attempt runs to its
+// timeout; otherwise JetStream would hand it out a second time.
+func (f *inflight) parkLimit(route *routing.Route) int {
+	return f.limit * max(1, int(f.ackWait/(2*max(route.Timeout, time.Second))))
+}
+
+// admit starts d if its subscription is below the cap (run), else parks it
+// (parked), else neither: the caller hands it back to JetStream.
+func (f *inflight) admit(d *pendingDelivery, route *routing.Route) (run, parked bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.n[id] >= f.limit {
-		return false
+	id := d.subscriptionID
+	if f.n[id] < f.limit {
+		f.n[id]++
+		return true, false
 	}
-	f.n[id]++
-	return true
+	if len(f.parked[id]) < f.parkLimit(route) {
+		f.parked[id] = append(f.parked[id], d)
+		return false, true
+	}
+	return false, false
+}
+
+// next hands the finished attempt's slot to the subscription's next parked
+// delivery, or frees the slot and returns nil.
+func (f *inflight) next(id string) *pendingDelivery {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if q := f.parked[id]; len(q) > 0 {
+		d := q[0]
+		if len(q) == 1 {
+			delete(f.parked, id)
+		} else {
+			f.parked[id] = q[1:]
+		}
+		return d
+	}
+	if f.n[id]--; f.n[id] <= 0 {
+		delete(f.n, id)
+	}
+	return nil
 }
 
 func (f *inflight) release(id string) {
@@ -108,7 +149,11 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg, work chan<- *pe
 		_ = msg.NakWithDelay(wait)
 		return
 	}
-	if !r.inflight.acquire(route.ID) {
+	run, parked := r.inflight.admit(d, route)
+	if parked {
+		return
+	}
+	if !run {
 		_ = msg.NakWithDelay(deferDelay + rand.N(deferDelay))
 		return
 	}
@@ -129,11 +174,17 @@ func (r *Relay) cancel(d *pendingDelivery) {
 	}
 }
 
-// worker runs attempts until work is closed.
+// worker runs attempts until work is closed, then the deliveries parked
+// behind each of them.
 func (r *Relay) worker(ctx context.Context, work <-chan *pendingDelivery) {
 	for d := range work {
-		r.attempt(ctx, d)
-		r.inflight.release(d.subscriptionID)
+		for d != nil {
+			r.attempt(ctx, d)
+			if d = r.inflight.next(d.subscriptionID); d != nil {
+				// Parked time counted against AckWait; the attempt gets it afresh.
+				_ = d.msg.InProgress()
+			}
+		}
 	}
 }
 

@@ -42,6 +42,16 @@ const (
 	fanoutWorkers = 4
 )
 
+// Defaults of cmd/relay's flags that tests and benchmarks share.
+const (
+	// DefaultDeliverAckWait exceeds the longest endpoint timeout (5m) with
+	// room for the attempt's bookkeeping.
+	DefaultDeliverAckWait = 6 * time.Minute
+	// DefaultMaxAckPending bounds deliveries held by one relay; parked
+	// deliveries count too.
+	DefaultMaxAckPending = 20000
+)
+
 // Config is the relay's configuration; cmd/relay fills it from flags.
 type Config struct {
 	Listen      string
@@ -89,10 +99,11 @@ type Relay struct {
 // New builds a relay; Run starts it.
 func New(cfg Config) *Relay {
 	r := &Relay{
-		cfg:        cfg,
-		log:        cfg.Log,
-		stats:      newStats(),
-		inflight:   &inflight{limit: cfg.MaxInFlightPerSubscription, n: map[string]int{}},
+		cfg:   cfg,
+		log:   cfg.Log,
+		stats: newStats(),
+		inflight: &inflight{limit: cfg.MaxInFlightPerSubscription, ackWait: cfg.Queue.DeliverAckWait,
+			n: map[string]int{}, parked: map[string][]*pendingDelivery{}},
 		firstLoad:  make(chan struct{}),
 		instance:   nuid.Next(),
 		started:    time.Now().UTC(),

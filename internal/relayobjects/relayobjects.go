@@ -281,8 +281,11 @@ func container(cfg Config) *corev1ac.ContainerApplyConfiguration {
 			corev1ac.ContainerPort().WithName(IngestPortName).WithContainerPort(IngestPort).WithProtocol(corev1.ProtocolTCP),
 			corev1ac.ContainerPort().WithName(AdminPortName).WithContainerPort(AdminPort).WithProtocol(corev1.ProtocolTCP),
 		).
+		// The divisor is the default (bytes) spelled out: the selector is applied as a
+		// whole, so a field left to the server's default would read back as drift.
 		WithEnv(corev1ac.EnvVar().WithName("GOMEMLIMIT").WithValueFrom(corev1ac.EnvVarSource().
-			WithResourceFieldRef(corev1ac.ResourceFieldSelector().WithContainerName(ContainerName).WithResource("limits.memory")))).
+			WithResourceFieldRef(corev1ac.ResourceFieldSelector().WithContainerName(ContainerName).
+				WithResource("limits.memory").WithDivisor(resource.MustParse("1"))))).
 		// Liveness only asks whether the process answers; readiness also waits for
 		// the queue and the first routing table, so a relay without routes gets no
 		// traffic but is not restarted.

@@ -59,7 +59,8 @@ bench: ## Benchmark the relay end to end (events/s, p50/p99) next to an in-memor
 
 .PHONY: dev
 dev: build ## Run it locally: API server + etcd, manager, relay, samples and a demo receiver. Ctrl-C stops all.
-	$(GO) run ./hack/dev
+	$(GO) build -o bin/dev ./hack/dev
+	@exec bin/dev
 
 EVENT ?= task.published
 INGEST ?= http://127.0.0.1:8080

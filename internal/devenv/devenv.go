@@ -77,6 +77,9 @@ func Start(ctx context.Context, o Options) (env *Env, err error) {
 	if o.Namespace == "" {
 		o.Namespace = "involveo-webhooks"
 	}
+	if dir, err := filepath.Abs(o.Dir); err == nil {
+		o.Dir = dir
+	}
 	if o.HealthPollInterval == 0 {
 		o.HealthPollInterval = 2 * time.Second
 	}

@@ -59,7 +59,7 @@ func (r *Receiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 		if maskedHeaders[name] {
 			value = mask(value)
 		}
-		fmt.Fprintf(&b, "   \033[33m%-20s\033[0m %s\n", name+":", value)
+		fmt.Fprintf(&b, "   \033[33m%-21s\033[0m %s\n", name+":", value)
 	}
 	var pretty bytes.Buffer
 	if json.Indent(&pretty, body, "   ", "  ") == nil {

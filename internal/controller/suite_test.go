@@ -21,6 +21,7 @@ import (
 	. "github.com/onsi/gomega"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -32,6 +33,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/involveo/webhook-operator/api/v1alpha1"
@@ -53,6 +55,7 @@ const (
 )
 
 var (
+	testEnv    *envtest.Environment
 	restConfig *rest.Config
 	k8s        client.Client
 	clientset  kubernetes.Interface
@@ -74,6 +77,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer func() { _ = env.Stop() }()
+	testEnv = env
 	// The tests create hundreds of objects at once; client-go's default 5 QPS would
 	// measure its own rate limiter, not the manager.
 	cfg.QPS, cfg.Burst = -1, 0
@@ -127,14 +131,26 @@ type stack struct {
 	operatorNS, tenantNS string
 	relay                *relay.Relay
 	ingest, admin        string
+
+	// managerConfig and relayClient reach the API server as the manager and the
+	// relay; cluster admin unless an option restricts them.
+	managerConfig *rest.Config
+	relayClient   kubernetes.Interface
+	// relayWaitsForRBAC: the relay's permissions come from the Role the manager
+	// creates, so its watch starts once that is bound.
+	relayWaitsForRBAC bool
 }
 
-type stackOption func(*Config)
+type stackOption func(t *testing.T, s *stack, c *Config)
 
 func startStack(t *testing.T, opts ...stackOption) *stack {
 	t.Helper()
-	s := &stack{operatorNS: createNamespace(t, "operator"), tenantNS: createNamespace(t, "tenant")}
-	s.startRelay(t)
+	s := &stack{operatorNS: createNamespace(t, "operator"), tenantNS: createNamespace(t, "tenant"),
+		managerConfig: restConfig, relayClient: clientset}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	s.startRelay(t, ctx, &wg)
 	cfg := Config{
 		Namespace:          s.operatorNS,
 		WatchNamespaces:    []string{s.tenantNS},
@@ -144,15 +160,17 @@ func startStack(t *testing.T, opts ...stackOption) *stack {
 		CoalesceDelay:      coalesceDelay,
 	}
 	for _, o := range opts {
-		o(&cfg)
+		o(t, s, &cfg)
 	}
 	s.startManager(t, cfg)
+	s.startRoutingSource(t, ctx, &wg)
 	return s
 }
 
-func (s *stack) startRelay(t *testing.T) {
+// startRelay runs the relay; it serves its admin port at once and takes events once
+// the routing source has loaded a table.
+func (s *stack) startRelay(t *testing.T, ctx context.Context, wg *sync.WaitGroup) {
 	t.Helper()
-	log := logs.logger("relay")
 	r := relay.New(relay.Config{
 		Listen:                     "127.0.0.1:0",
 		AdminListen:                "127.0.0.1:0",
@@ -161,7 +179,7 @@ func (s *stack) startRelay(t *testing.T) {
 		MaxInFlightPerSubscription: 4,
 		AllowDestinationCIDRs:      []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 		ShutdownTimeout:            2 * time.Second,
-		Log:                        log,
+		Log:                        logs.logger("relay"),
 		Queue: relay.QueueConfig{
 			DataDir:             t.TempDir(),
 			EventsMaxBytes:      64 << 20,
@@ -174,23 +192,30 @@ func (s *stack) startRelay(t *testing.T) {
 			MaxAckPending:       1000,
 		},
 	})
-	src := &routing.KubernetesSource{Client: clientset, Namespace: s.operatorNS, ConfigMapName: routing.ConfigMapName,
-		SecretName: routing.CredentialsSecretName, Log: log, OnChange: r.SetRoutes}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := src.Run(ctx); err != nil {
-			t.Errorf("routing source: %v", err)
-		}
-	})
 	wg.Go(func() {
 		if err := r.Run(ctx); err != nil {
 			t.Errorf("relay: %v", err)
 		}
 	})
-	t.Cleanup(func() { cancel(); wg.Wait() })
 	s.relay = r
 	s.admin = "http://" + (<-r.AdminAddr()).String()
+}
+
+// startRoutingSource has the relay watch the routing objects, as cmd/relay does.
+func (s *stack) startRoutingSource(t *testing.T, ctx context.Context, wg *sync.WaitGroup) {
+	t.Helper()
+	if s.relayWaitsForRBAC {
+		NewWithT(t).Eventually(func() error {
+			return k8s.Get(ctx, types.NamespacedName{Namespace: s.operatorNS, Name: relayobjects.Name}, &rbacv1.RoleBinding{})
+		}).WithTimeout(settle).Should(Succeed())
+	}
+	src := &routing.KubernetesSource{Client: s.relayClient, Namespace: s.operatorNS, ConfigMapName: routing.ConfigMapName,
+		SecretName: routing.CredentialsSecretName, Log: logs.logger("relay"), OnChange: s.relay.SetRoutes}
+	wg.Go(func() {
+		if err := src.Run(ctx); err != nil {
+			t.Errorf("routing source: %v", err)
+		}
+	})
 }
 
 func (s *stack) startManager(t *testing.T, cfg Config) {
@@ -198,7 +223,7 @@ func (s *stack) startManager(t *testing.T, cfg Config) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+	mgr, err := ctrl.NewManager(s.managerConfig, ctrl.Options{
 		Scheme:                 scheme,
 		Cache:                  CacheOptions(cfg),
 		Metrics:                metricsserver.Options{BindAddress: "0"},

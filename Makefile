@@ -5,6 +5,10 @@
 
 GO ?= go
 CONTROLLER_GEN ?= $(GO) tool controller-gen
+# kustomize and helm live in their own tools module so that their dependency
+# versions never mix with the operator's.
+KUSTOMIZE ?= $(GO) tool -modfile=hack/tools/go.mod kustomize
+HELM ?= $(GO) tool -modfile=hack/tools/go.mod helm
 ENVTEST_ASSETS ?= hack/envtest-assets.sh
 IMG ?= ghcr.io/involveo/webhook-operator:dev
 CONTAINER_TOOL ?= docker
@@ -26,8 +30,10 @@ help: ## Show this help.
 ##@ Development
 
 .PHONY: manifests
-manifests: ## Generate the CRD and RBAC manifests from the Go markers.
+manifests: ## Generate the CRD and RBAC manifests from the Go markers (and the Helm chart's copies).
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./..." output:crd:artifacts:config=config/crd/bases
+	cp config/crd/bases/webhooks.involveo.io_webhooksubscriptions.yaml dist/chart/crds/
+	cp config/rbac/role.yaml dist/chart/files/manager-role.yaml
 
 .PHONY: generate
 generate: ## Generate the DeepCopy methods of the API types.
@@ -73,6 +79,14 @@ dev-event: ## Post a sample Involveo event to the local relay (EVENT=task.create
 .PHONY: build
 build: ## Build bin/manager and bin/relay.
 	$(GO) build -o bin/ ./cmd/...
+
+.PHONY: build-installer
+build-installer: manifests ## Render the kustomize install (config/default) to dist/install.yaml.
+	$(KUSTOMIZE) build config/default > dist/install.yaml
+
+.PHONY: helm-template
+helm-template: manifests ## Render the Helm chart (dist/chart) with its default values.
+	$(HELM) template involveo-webhooks dist/chart --namespace involveo-webhooks --include-crds
 
 .PHONY: docker-build
 docker-build: ## Build the image with both binaries (needs a container engine).

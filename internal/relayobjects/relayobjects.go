@@ -151,12 +151,13 @@ func SelectorLabels() map[string]string {
 	}
 }
 
-// ManagerPodLabels select the manager's pods (config/manager sets them), the only pods
-// the NetworkPolicy lets reach the admin port.
+// ManagerPodLabels select the manager's pods, the only pods the NetworkPolicy lets
+// reach the admin port. config/manager/manager.yaml gives the manager's pod template
+// these labels; the two must change together.
 func ManagerPodLabels() map[string]string {
 	return map[string]string{
-		"app.kubernetes.io/name":      "webhook-operator",
-		"app.kubernetes.io/component": "manager",
+		"app.kubernetes.io/name": "involveo-webhooks",
+		"control-plane":          "controller-manager",
 	}
 }
 

@@ -2,7 +2,9 @@ package relayobjects
 
 import (
 	"bytes"
+	"errors"
 	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -11,6 +13,7 @@ import (
 	. "github.com/onsi/gomega"
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 )
 
@@ -114,4 +117,31 @@ func TestBuild_RestrictedPodSecurity(t *testing.T) {
 		g.Expect(*c.Resources.Requests).NotTo(BeEmpty())
 		g.Expect(*c.Resources.Limits).NotTo(BeEmpty())
 	}
+}
+
+// TestManagerPodLabels_MatchTheManagerDeployment guards the coupling between the
+// NetworkPolicy and config/manager: if the manager's pods lost these labels, it could
+// no longer poll the relay's health in a cluster that enforces NetworkPolicies.
+func TestManagerPodLabels_MatchTheManagerDeployment(t *testing.T) {
+	g := NewWithT(t)
+	f, err := os.Open(filepath.Join("..", "..", "config", "manager", "manager.yaml"))
+	g.Expect(err).NotTo(HaveOccurred())
+	defer f.Close()
+	dec := utilyaml.NewYAMLOrJSONDecoder(f, 4096)
+	for {
+		var d appsv1.Deployment
+		if err := dec.Decode(&d); errors.Is(err, io.EOF) {
+			break
+		} else {
+			g.Expect(err).NotTo(HaveOccurred())
+		}
+		if d.Kind != "Deployment" {
+			continue
+		}
+		for k, v := range ManagerPodLabels() {
+			g.Expect(d.Spec.Template.Labels).To(HaveKeyWithValue(k, v))
+		}
+		return
+	}
+	t.Fatal("no Deployment in config/manager/manager.yaml")
 }

@@ -19,6 +19,8 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -107,11 +109,22 @@ type Result struct {
 	// down, or the subscription was deleted): the attempt says nothing about the
 	// subscriber, so the caller should not count it as a failure.
 	Canceled bool
+	// RetryAfter is the wait a 429 or 503 answer asked for in its Retry-After
+	// header (seconds or an HTTP date), zero otherwise.
+	RetryAfter time.Duration
 }
+
+// Gone reports a 410 answer: the receiver says the endpoint is gone for good,
+// so retrying the delivery is pointless.
+func (r Result) Gone() bool { return r.StatusCode == http.StatusGone }
 
 // OK reports whether the subscriber accepted the event: the Involveo contract's only
 // success is exactly 200.
 func (r Result) OK() bool { return r.StatusCode == http.StatusOK }
+
+// maxRetryAfter bounds a Retry-After value before the caller applies its own
+// cap, so a hostile header cannot overflow a duration.
+const maxRetryAfter = 7 * 24 * time.Hour
 
 // Outcomes of an attempt, and why each counts the way it does (DESIGN §1: success is
 // exactly 200; any other status, a timeout or a transport error is a failure).
@@ -274,7 +287,29 @@ func (c *Client) attempt(ctx context.Context, r Request) Result {
 	// The subscriber has answered; a failure to drain changes nothing but whether the
 	// connection can be reused.
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, c.maxResponseBytes))
-	return Result{StatusCode: resp.StatusCode, Reason: statusReason(resp)}
+	return Result{StatusCode: resp.StatusCode, Reason: statusReason(resp), RetryAfter: retryAfter(resp, time.Now())}
+}
+
+// retryAfter reads Retry-After where the status gives it a meaning for the
+// sender (RFC 9110 §10.2.3: 503; RFC 6585 §4: 429).
+func retryAfter(resp *http.Response, now time.Time) time.Duration {
+	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
+		return 0
+	}
+	v := strings.TrimSpace(resp.Header.Get("Retry-After"))
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		return time.Duration(min(secs, int64(maxRetryAfter/time.Second))) * time.Second
+	}
+	if at, err := http.ParseTime(v); err == nil && at.After(now) {
+		return min(at.Sub(now), maxRetryAfter)
+	}
+	return 0
 }
 
 // setHeaders sets the subscriber's headers first and the contract's headers last, so

@@ -473,3 +473,37 @@ func TestClient_DeliverResendsWhenAPooledConnectionIsClosed(t *testing.T) {
 		t.Errorf("handler called %d times, want 3 (first, hung-up second, resent second)", n)
 	}
 }
+
+func TestDeliver_ReadsRetryAfterOn429And503Only(t *testing.T) {
+	tests := []struct {
+		name   string
+		status int
+		header string
+		want   time.Duration
+	}{
+		{"reads seconds on 429", http.StatusTooManyRequests, "7", 7 * time.Second},
+		{"reads seconds on 503", http.StatusServiceUnavailable, "120", 2 * time.Minute},
+		{"ignores it on 500", http.StatusInternalServerError, "7", 0},
+		{"ignores a negative value", http.StatusTooManyRequests, "-3", 0},
+		{"ignores garbage", http.StatusTooManyRequests, "soon", 0},
+		{"reads an HTTP date", http.StatusServiceUnavailable, time.Now().Add(90 * time.Second).UTC().Format(http.TimeFormat), 90 * time.Second},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Retry-After", tt.header)
+				w.WriteHeader(tt.status)
+			}))
+			defer srv.Close()
+			c := NewClient(Options{AllowCIDRs: allowLoopback})
+			u, _ := url.Parse(srv.URL)
+			res := c.Deliver(context.Background(), Request{URL: u, Body: []byte(`{}`), Timeout: 5 * time.Second})
+			if d := res.RetryAfter - tt.want; d < -2*time.Second || d > 0 {
+				t.Fatalf("RetryAfter = %s, want %s", res.RetryAfter, tt.want)
+			}
+			if res.OK() {
+				t.Fatal("a non-200 answer is OK")
+			}
+		})
+	}
+}

@@ -58,6 +58,13 @@ const (
 	MinInterval = time.Second
 	// MaxInterval: with MaxMaxRetries retries a delivery gives up within ten days.
 	MaxInterval = 24 * time.Hour
+	// MaxMaxInFlight bounds per-subscription concurrency: beyond it one
+	// subscription could hold the relay's whole worker pool.
+	MaxMaxInFlight = 256
+	// MaxRatePerSecond is far above what one endpoint takes from one relay.
+	MaxRatePerSecond = 10000
+	// MaxFilterLength bounds a filter expression, as the CRD does.
+	MaxFilterLength = 4096
 )
 
 // Table is the routing table: every subscription the relay delivers to.
@@ -94,6 +101,28 @@ type Subscription struct {
 	Timeout *Duration `json:"timeout,omitempty"`
 	// Retry is the retry policy; nil means the contract's defaults.
 	Retry *Retry `json:"retry,omitempty"`
+
+	// Filter is a CEL expression over event, timestamp and data; only events
+	// for which it is true are delivered. Empty delivers every matching event.
+	Filter string `json:"filter,omitempty"`
+
+	// Signing, when set, signs every delivery with Standard Webhooks headers.
+	Signing *Signing `json:"signing,omitempty"`
+
+	// MaxInFlight caps concurrent attempts to this subscription on one relay;
+	// 0 means the relay's --max-in-flight-per-subscription.
+	MaxInFlight int `json:"maxInFlight,omitempty"`
+
+	// RatePerSecond caps attempts per second on one relay; 0 means no limit.
+	RatePerSecond float64 `json:"ratePerSecond,omitempty"`
+}
+
+// Signing holds the signing secret and, during a rotation, the previous one:
+// both sign every delivery until the previous one is removed, so receivers can
+// switch keys without a gap.
+type Signing struct {
+	Secret   Secret  `json:"secret"`
+	Previous *Secret `json:"previous,omitempty"`
 }
 
 // Secret is a value given either literally or as a key of the credentials file/Secret.

@@ -153,6 +153,25 @@ func (s *Subscription) fieldErrors() []*FieldError {
 			add("timeout", "%v", err)
 		}
 	}
+	if s.Signing != nil {
+		if err := validSecret(s.Signing.Secret.Value, s.Signing.Secret.SecretKey); err != nil {
+			add("signing.secret", "%v", err)
+		}
+		if p := s.Signing.Previous; p != nil {
+			if err := validSecret(p.Value, p.SecretKey); err != nil {
+				add("signing.previous", "%v", err)
+			}
+		}
+	}
+	if s.MaxInFlight < 0 || s.MaxInFlight > MaxMaxInFlight {
+		add("maxInFlight", "%d is outside 0..%d", s.MaxInFlight, MaxMaxInFlight)
+	}
+	if s.RatePerSecond < 0 || s.RatePerSecond > MaxRatePerSecond {
+		add("ratePerSecond", "%g is outside 0..%d", s.RatePerSecond, MaxRatePerSecond)
+	}
+	if len(s.Filter) > MaxFilterLength {
+		add("filter", "is %d characters long, more than %d", len(s.Filter), MaxFilterLength)
+	}
 	if s.Retry != nil {
 		if n := s.Retry.MaxRetries; n != nil && (*n < 0 || *n > MaxMaxRetries) {
 			add("retry.maxRetries", "%d is outside 0..%d", *n, MaxMaxRetries)

@@ -41,6 +41,8 @@ const (
 	ReasonSecretKeyNotFound = "SecretKeyNotFound"
 	// ReasonInvalidSpec: the spec passed the API server but cannot be routed.
 	ReasonInvalidSpec = "InvalidSpec"
+	// ReasonInvalidFilter: spec.filter does not compile as a boolean CEL expression.
+	ReasonInvalidFilter = "InvalidFilter"
 	// ReasonSuspended: spec.suspend is true, so the subscription is not routed.
 	ReasonSuspended = "Suspended"
 	// ReasonRelayUnavailable: no relay answered the health poll.

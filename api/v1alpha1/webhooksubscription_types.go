@@ -61,6 +61,28 @@ type WebhookSubscriptionSpec struct {
 	// +kubebuilder:default={}
 	Retry RetryPolicy `json:"retry,omitzero"`
 
+	// filter is a CEL expression over the event (event, timestamp, data) that
+	// must be true for the event to be delivered, for example
+	// `data.task.tags.exists(t, t == "admin")` or
+	// `event == "task.status_changed" && data.status_after == "Done"`.
+	// It is checked after the event type matches. An expression that does not
+	// compile makes the subscription Ready=False (InvalidFilter); one that
+	// fails at run time (a missing field) does not deliver that event.
+	// +optional
+	// +kubebuilder:validation:MaxLength=4096
+	Filter string `json:"filter,omitempty"`
+
+	// signing signs every delivery with Standard Webhooks headers
+	// (webhook-id, webhook-timestamp, webhook-signature), so the receiver can
+	// verify the sender and reject replays.
+	// +optional
+	Signing *Signing `json:"signing,omitempty"`
+
+	// delivery limits how hard the relay drives the endpoint.
+	// +optional
+	// +kubebuilder:default={}
+	Delivery DeliveryPolicy `json:"delivery,omitzero"`
+
 	// suspend stops deliveries to this endpoint while true. Events that arrive
 	// while suspended are not delivered to it later.
 	// +optional
@@ -156,6 +178,39 @@ type RetryPolicy struct {
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:XValidation:rule="self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') && duration(self) >= duration('1s') && duration(self) <= duration('24h')",message="must be a duration between 1s and 24h, e.g. 3m"
 	Interval *metav1.Duration `json:"interval,omitempty"`
+}
+
+// Signing selects the secrets deliveries are signed with.
+type Signing struct {
+	// secretRef selects the signing secret: "whsec_" followed by base64, or
+	// at least 24 raw bytes.
+	// +required
+	SecretRef SecretKeyReference `json:"secretRef"`
+
+	// previousSecretRef selects the secret being rotated out. While set,
+	// every delivery carries a signature with each secret, so receivers can
+	// switch keys without rejecting deliveries; remove it when they have.
+	// +optional
+	PreviousSecretRef *SecretKeyReference `json:"previousSecretRef,omitempty"`
+}
+
+// DeliveryPolicy limits concurrency and rate towards the endpoint.
+type DeliveryPolicy struct {
+	// maxInFlight caps the attempts running at once, per relay replica.
+	// +optional
+	// +kubebuilder:default=16
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=256
+	MaxInFlight *int32 `json:"maxInFlight,omitempty"`
+
+	// ratePerSecond caps attempts per second (a token bucket with a burst of
+	// the same size). Each relay replica enforces ratePerSecond divided by the
+	// number of replicas, so the total holds while the work is spread evenly.
+	// Unlimited when unset.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000
+	RatePerSecond *int32 `json:"ratePerSecond,omitempty"`
 }
 
 // WebhookSubscriptionStatus is the observed state of a WebhookSubscription,

@@ -170,6 +170,21 @@ func TestWebhookSubscription_RejectsInvalidSpecs(t *testing.T) {
 			"spec.endpoint.timeout", "between 1s and 5m"},
 		{"rejects a timeout over 5m", func(s *v1alpha1.WebhookSubscription) { s.Spec.Endpoint.Timeout = duration(10 * time.Minute) },
 			"spec.endpoint.timeout", "between 1s and 5m"},
+		{"rejects a filter over 4096 characters", func(s *v1alpha1.WebhookSubscription) { s.Spec.Filter = strings.Repeat("x", 4097) },
+			"spec.filter", "may not be more than 4096 bytes"},
+		{"rejects a signing secret with an invalid name", func(s *v1alpha1.WebhookSubscription) {
+			s.Spec.Signing = &v1alpha1.Signing{SecretRef: v1alpha1.SecretKeyReference{Name: "Bad_Name", Key: "k"}}
+		}, "spec.signing.secretRef.name", "valid Secret name"},
+		{"rejects a previous signing secret without a key", func(s *v1alpha1.WebhookSubscription) {
+			s.Spec.Signing = &v1alpha1.Signing{SecretRef: v1alpha1.SecretKeyReference{Name: "sig", Key: "k"},
+				PreviousSecretRef: &v1alpha1.SecretKeyReference{Name: "sig"}}
+		}, "spec.signing.previousSecretRef.key", "at least 1 chars long"},
+		{"rejects zero maxInFlight", func(s *v1alpha1.WebhookSubscription) { s.Spec.Delivery.MaxInFlight = ptr.To[int32](0) },
+			"spec.delivery.maxInFlight", "should be greater than or equal to 1"},
+		{"rejects maxInFlight over 256", func(s *v1alpha1.WebhookSubscription) { s.Spec.Delivery.MaxInFlight = ptr.To[int32](257) },
+			"spec.delivery.maxInFlight", "should be less than or equal to 256"},
+		{"rejects a zero rate", func(s *v1alpha1.WebhookSubscription) { s.Spec.Delivery.RatePerSecond = ptr.To[int32](0) },
+			"spec.delivery.ratePerSecond", "should be greater than or equal to 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -226,6 +241,12 @@ func TestWebhookSubscription_AcceptsValidSpecsWithDefaults(t *testing.T) {
 					SecretKeyRef: v1alpha1.SecretKeyReference{Name: "crm-hook", Key: "token"}}},
 			}
 		}},
+		{"accepts a filter, signing with a rotation overlap and a rate limit", func(s *v1alpha1.WebhookSubscription) {
+			s.Spec.Filter = `data.task.tags.exists(t, t == "admin")`
+			s.Spec.Signing = &v1alpha1.Signing{SecretRef: v1alpha1.SecretKeyReference{Name: "sig", Key: "current"},
+				PreviousSecretRef: &v1alpha1.SecretKeyReference{Name: "sig", Key: "previous"}}
+			s.Spec.Delivery.RatePerSecond = ptr.To[int32](50)
+		}},
 		{"accepts zero retries and the bounds of each duration", func(s *v1alpha1.WebhookSubscription) {
 			s.Spec.Retry = v1alpha1.RetryPolicy{MaxRetries: ptr.To[int32](0), Interval: duration(24 * time.Hour)}
 			s.Spec.Endpoint.Timeout = duration(time.Second)
@@ -250,6 +271,7 @@ func TestWebhookSubscription_AcceptsValidSpecsWithDefaults(t *testing.T) {
 				g.Expect(*got.Spec.Retry.MaxRetries).To(Equal(int32(3)))
 				g.Expect(got.Spec.Retry.Interval.Duration).To(Equal(3 * time.Minute))
 			}
+			g.Expect(got.Spec.Delivery.MaxInFlight).To(Equal(ptr.To[int32](16)), "maxInFlight must be defaulted")
 			g.Expect(got.Spec.Events).To(Equal(sub.Spec.Events))
 			g.Expect(got.Spec.Headers).To(Equal(sub.Spec.Headers))
 		})

@@ -42,6 +42,10 @@ type Subscription struct {
 	// Cancelled counts deliveries dropped because the subscription left the
 	// routing table while they were pending.
 	Cancelled int64 `json:"cancelled"`
+	// Filtered counts matching events the subscription's filter kept out;
+	// FilterErrors counts those among them the filter could not evaluate.
+	Filtered     int64 `json:"filtered"`
+	FilterErrors int64 `json:"filterErrors"`
 }
 
 // Failure describes the latest failed attempt. It never holds header values.

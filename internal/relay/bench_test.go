@@ -437,7 +437,7 @@ func (f *forwarder) work(ctx context.Context) {
 		res := f.client.Deliver(ctx, delivery.Request{
 			URL:        j.route.URL,
 			APIKey:     j.route.APIKey,
-			Headers:    deliveryHeaders(j.route),
+			Headers:    deliveryHeaders(j.route, deliveryID(j.eventID, j.route.ID), j.body, time.Now()),
 			EventType:  j.eventType,
 			DeliveryID: deliveryID(j.eventID, j.route.ID),
 			Body:       j.body,

@@ -14,6 +14,7 @@ import (
 
 	"github.com/involveo/webhook-operator/internal/delivery"
 	"github.com/involveo/webhook-operator/internal/routing"
+	"github.com/involveo/webhook-operator/internal/signing"
 )
 
 const (
@@ -80,8 +81,22 @@ type inflight struct {
 // parkLimit bounds the parked deliveries of a route so that the last one
 // starts within half of AckWait even if every running attempt runs to its
 // timeout; otherwise JetStream would hand it out a second time.
+//
+// A rate-limited route also parks no more than it may start in that time.
 func (f *inflight) parkLimit(route *routing.Route) int {
-	return f.limit * max(1, int(f.ackWait/(2*max(route.Timeout, time.Second))))
+	n := f.limitOf(route) * max(1, int(f.ackWait/(2*max(route.Timeout, time.Second))))
+	if route.RatePerSecond > 0 {
+		n = min(n, max(1, int(route.RatePerSecond*(f.ackWait/2).Seconds())))
+	}
+	return n
+}
+
+// limitOf is the route's own cap, or the relay's default.
+func (f *inflight) limitOf(route *routing.Route) int {
+	if route.MaxInFlight > 0 {
+		return route.MaxInFlight
+	}
+	return f.limit
 }
 
 // admit starts d if its subscription is below the cap (run), else parks it
@@ -90,7 +105,7 @@ func (f *inflight) admit(d *pendingDelivery, route *routing.Route) (run, parked 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	id := d.subscriptionID
-	if f.n[id] < f.limit {
+	if f.n[id] < f.limitOf(route) {
 		f.n[id]++
 		return true, false
 	}
@@ -196,10 +211,15 @@ func (r *Relay) attempt(ctx context.Context, d *pendingDelivery) {
 		r.cancel(d)
 		return
 	}
+	if err := r.limiters.wait(ctx, route); err != nil {
+		// Shutting down while waiting for a token: hand it back.
+		_ = d.msg.Nak()
+		return
+	}
 	res := r.client.Deliver(ctx, delivery.Request{
 		URL:        route.URL,
 		APIKey:     route.APIKey,
-		Headers:    deliveryHeaders(route),
+		Headers:    deliveryHeaders(route, d.deliveryID, d.msg.Data(), time.Now()),
 		EventType:  d.eventType,
 		DeliveryID: d.deliveryID,
 		Body:       d.msg.Data(),
@@ -209,6 +229,9 @@ func (r *Relay) attempt(ctx context.Context, d *pendingDelivery) {
 		// Shutting down: the attempt did not finish, so it does not count.
 		_ = d.msg.Nak()
 		return
+	}
+	if res.Gone() {
+		res.Reason = "Gone: " + res.Reason
 	}
 	now := time.Now()
 	r.stats.attempt(route.ID, d.eventType, res.OK(), res.StatusCode, res.Reason, now)
@@ -225,8 +248,11 @@ func (r *Relay) attempt(ctx context.Context, d *pendingDelivery) {
 		if err := d.msg.Ack(); err != nil {
 			r.log.Error(err, "acknowledge delivered message; it may be delivered again", "subscription", route.ID)
 		}
+	case res.Gone():
+		// The receiver says the endpoint is gone for good: retrying is noise.
+		r.deadLetter(d, route, res)
 	case d.attempt <= route.MaxRetries:
-		r.retry(d, route, res, now.Add(route.Interval))
+		r.retry(d, route, res, now.Add(retryDelay(route, res)))
 	default:
 		r.deadLetter(d, route, res)
 	}
@@ -293,10 +319,30 @@ func (r *Relay) publishThenAck(d *pendingDelivery, next *nats.Msg, msgID string)
 	return true
 }
 
-func deliveryHeaders(route *routing.Route) []delivery.Header {
-	out := make([]delivery.Header, len(route.Headers))
-	for i, h := range route.Headers {
-		out[i] = delivery.Header{Name: h.Name, Value: h.Value}
+// retryAfterCap bounds how far a receiver's Retry-After may push the next
+// attempt, in multiples of the subscription's interval.
+const retryAfterCap = 10
+
+// retryDelay is the subscription's interval, or longer when a 429 or 503
+// asked for it with Retry-After. Either way it is the same retry: honouring
+// the receiver never costs an extra attempt.
+func retryDelay(route *routing.Route, res delivery.Result) time.Duration {
+	return max(route.Interval, min(res.RetryAfter, retryAfterCap*route.Interval))
+}
+
+// deliveryHeaders are the route's extra headers plus, for a signing route,
+// the Standard Webhooks headers of this attempt.
+func deliveryHeaders(route *routing.Route, deliveryID string, body []byte, now time.Time) []delivery.Header {
+	out := make([]delivery.Header, 0, len(route.Headers)+3)
+	for _, h := range route.Headers {
+		out = append(out, delivery.Header{Name: h.Name, Value: h.Value})
+	}
+	if len(route.Signing) > 0 {
+		sig := signing.Sign(deliveryID, now, body, route.Signing...)
+		out = append(out,
+			delivery.Header{Name: signing.HeaderID, Value: sig.ID},
+			delivery.Header{Name: signing.HeaderTimestamp, Value: sig.Timestamp},
+			delivery.Header{Name: signing.HeaderSignature, Value: sig.Signature})
 	}
 	return out
 }

@@ -10,6 +10,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/involveo/webhook-operator/internal/filter"
+	"github.com/involveo/webhook-operator/internal/routing"
 )
 
 // fanoutRetryDelay is how soon an event whose deliveries could not all be
@@ -48,7 +51,7 @@ func (r *Relay) fanout(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	routes := r.routes.Load()
-	matches := routes.Match(eventType)
+	matches := r.filterRoutes(ctx, msg, eventType, routes.Match(eventType))
 	futures := make([]jetstream.PubAckFuture, 0, min(len(matches), fanoutBatch))
 	for _, route := range matches {
 		if len(futures) == fanoutBatch {
@@ -81,6 +84,41 @@ func (r *Relay) fanout(ctx context.Context, msg jetstream.Msg) {
 	if err := msg.Ack(); err != nil {
 		r.log.Error(err, "acknowledge event after fan-out; it will be fanned out again and de-duplicated", "event", eventType)
 	}
+}
+
+// filterRoutes drops the routes whose filter does not pass the event. The
+// event's data is decoded once, and only when a matching route has a filter.
+func (r *Relay) filterRoutes(ctx context.Context, msg jetstream.Msg, eventType string, matches []*routing.Route) []*routing.Route {
+	var data any
+	decoded := false
+	kept := matches[:0]
+	for _, route := range matches {
+		if route.Filter == nil {
+			kept = append(kept, route)
+			continue
+		}
+		var err error
+		if !decoded {
+			data, err = filter.DecodeData(msg.Data())
+			decoded = true
+		}
+		pass := false
+		if err == nil {
+			pass, err = route.Filter.Eval(ctx, eventType, msg.Headers().Get(hdrTimestamp), data)
+		}
+		switch {
+		case err != nil:
+			r.metrics.filtered.WithLabelValues(route.ID, "error").Inc()
+			r.stats.filtered(route.ID, true)
+			r.log.V(1).Info("filter could not decide; not delivering", "subscription", route.ID, "event", eventType, "error", err.Error())
+		case !pass:
+			r.metrics.filtered.WithLabelValues(route.ID, "filtered").Inc()
+			r.stats.filtered(route.ID, false)
+		default:
+			kept = append(kept, route)
+		}
+	}
+	return kept
 }
 
 // awaitPublished waits until JetStream stored every delivery in futures; on

@@ -39,6 +39,7 @@ const (
 	hdrEventID      = "Involveo-Event-Id"
 	hdrEventType    = "Involveo-Event"
 	hdrReceivedAt   = "Involveo-Received-At"
+	hdrTimestamp    = "Involveo-Timestamp"
 	hdrSubscription = "Involveo-Subscription"
 	hdrDeliveryID   = "Involveo-Delivery"
 	hdrAttempt      = "Involveo-Attempt"
@@ -134,6 +135,7 @@ func (r *Relay) store(ctx context.Context, env *event.Envelope, key string) (str
 	}
 	msg.Header.Set(hdrEventID, id)
 	msg.Header.Set(hdrEventType, env.Type)
+	msg.Header.Set(hdrTimestamp, env.Timestamp)
 	msg.Header.Set(hdrReceivedAt, time.Now().UTC().Format(time.RFC3339Nano))
 	ack, err := r.queue.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
 	if err != nil {

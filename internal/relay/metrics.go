@@ -15,6 +15,7 @@ type metrics struct {
 	deliveries  *prometheus.CounterVec
 	latency     prometheus.Histogram
 	deadLetters *prometheus.CounterVec
+	filtered    *prometheus.CounterVec
 	revision    *prometheus.GaugeVec
 }
 
@@ -38,13 +39,17 @@ func newMetrics(pending func() float64) *metrics {
 			Name: "involveo_relay_dead_letters_total",
 			Help: "Deliveries given up after their last retry, by subscription.",
 		}, []string{"subscription"}),
+		filtered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "involveo_relay_filtered_total",
+			Help: "Matching events not delivered because of the subscription's filter, by result (filtered: false, error: could not be evaluated).",
+		}, []string{"subscription", "result"}),
 		revision: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "involveo_relay_routing_revision_info",
 			Help: "1 for the routing table revision currently loaded.",
 		}, []string{"revision"}),
 	}
 	m.registry.MustRegister(
-		m.ingest, m.deliveries, m.latency, m.deadLetters, m.revision,
+		m.ingest, m.deliveries, m.latency, m.deadLetters, m.filtered, m.revision,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "involveo_relay_pending_retries",
 			Help: "Deliveries waiting for their next retry.",

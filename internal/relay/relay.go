@@ -68,6 +68,9 @@ type Config struct {
 	MaxInFlightPerSubscription int
 	// AllowDestinationCIDRs lets deliveries reach otherwise refused ranges.
 	AllowDestinationCIDRs []netip.Prefix
+	// Replicas is how many relays share the work; per-subscription rates are
+	// divided by it.
+	Replicas int
 	// ShutdownTimeout bounds the wait for running attempts at shutdown.
 	ShutdownTimeout time.Duration
 	Log             logr.Logger
@@ -82,6 +85,7 @@ type Relay struct {
 	stats    *stats
 	metrics  *metrics
 	inflight *inflight
+	limiters *limiters
 	routes   atomic.Pointer[routing.Routes]
 	loaded   atomic.Bool
 	// firstLoad is closed by the first SetRoutes.
@@ -104,14 +108,17 @@ func New(cfg Config) *Relay {
 		stats: newStats(),
 		inflight: &inflight{limit: cfg.MaxInFlightPerSubscription, ackWait: cfg.Queue.DeliverAckWait,
 			n: map[string]int{}, parked: map[string][]*pendingDelivery{}},
+		limiters:   newLimiters(cfg.Replicas),
 		firstLoad:  make(chan struct{}),
 		instance:   nuid.Next(),
 		started:    time.Now().UTC(),
 		ingestAddr: make(chan net.Addr, 1),
 		adminAddr:  make(chan net.Addr, 1),
 		client: delivery.NewClient(delivery.Options{
-			AllowCIDRs:      cfg.AllowDestinationCIDRs,
-			MaxConnsPerHost: cfg.MaxInFlightPerSubscription,
+			AllowCIDRs: cfg.AllowDestinationCIDRs,
+			// Subscriptions set their own in-flight caps; the per-host pool
+			// must not be the tighter limit.
+			MaxConnsPerHost: routing.MaxMaxInFlight,
 			UserAgent:       "involveo-webhook-relay/1",
 		}),
 	}

@@ -55,6 +55,16 @@ func (s *stats) deadLettered(subID string) {
 	s.sub(subID).DeadLettered++
 }
 
+func (s *stats) filtered(subID string, failed bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.sub(subID)
+	h.Filtered++
+	if failed {
+		h.FilterErrors++
+	}
+}
+
 func (s *stats) cancelled(subID string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -12,10 +12,14 @@ import (
 	"math/bits"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/involveo/webhook-operator/internal/filter"
+	"github.com/involveo/webhook-operator/internal/signing"
 )
 
 // Route is a compiled subscription: defaults applied and secret keys resolved, ready for
@@ -35,6 +39,18 @@ type Route struct {
 	Timeout    time.Duration
 	MaxRetries int
 	Interval   time.Duration
+	// Filter, when set, must be true for an event to be delivered.
+	Filter *filter.Program
+	// Signing holds the secrets deliveries are signed with, current first.
+	Signing []signing.Secret
+	// MaxInFlight caps concurrent attempts; 0 means the relay's default.
+	MaxInFlight int
+	// RatePerSecond caps attempts per second; 0 means no limit.
+	RatePerSecond float64
+
+	// signingRaw keeps the resolved signing secrets for the fingerprint only,
+	// so that a rotation under an unchanged table is seen.
+	signingRaw []string
 }
 
 // ResolvedHeader is an extra header with its value resolved. Like Route it never prints
@@ -168,6 +184,8 @@ type Routes struct {
 	// fingerprint covers the revision and every resolved value, so that a credential
 	// rotation under an unchanged table is still seen as a change.
 	fingerprint [sha256.Size]byte
+	// rejected lists subscriptions left out on their own (see Compile).
+	rejected []error
 }
 
 // Compile validates t, applies defaults and resolves every secretKey against the
@@ -201,7 +219,15 @@ func Compile(t *Table, credentials map[string][]byte) (*Routes, error) {
 	var errs []error
 	for _, i := range order {
 		route, err := compileSubscription(&t.Subscriptions[i], credentials)
-		if err != nil {
+		var rejected *routeRejection
+		switch {
+		case errors.As(err, &rejected):
+			// A route the relay cannot serve as written (a filter that does
+			// not compile, a malformed signing secret) is left out alone:
+			// the other subscriptions keep their deliveries.
+			r.rejected = append(r.rejected, fmt.Errorf("%s.%w", subscriptionPath(i, t.Subscriptions[i].ID), rejected.err))
+			continue
+		case err != nil:
 			errs = append(errs, fmt.Errorf("%s.%w", subscriptionPath(i, t.Subscriptions[i].ID), err))
 			continue
 		}
@@ -242,6 +268,32 @@ func compileSubscription(s *Subscription, credentials map[string][]byte) (*Route
 	if s.Timeout != nil {
 		route.Timeout = s.Timeout.Duration
 	}
+	route.MaxInFlight = s.MaxInFlight
+	route.RatePerSecond = s.RatePerSecond
+	if s.Filter != "" {
+		if route.Filter, err = filter.Compile(s.Filter); err != nil {
+			return nil, &routeRejection{fmt.Errorf("filter: %w", err)}
+		}
+	}
+	if s.Signing != nil {
+		secrets := []Secret{s.Signing.Secret}
+		if s.Signing.Previous != nil {
+			secrets = append(secrets, *s.Signing.Previous)
+		}
+		for i, sec := range secrets {
+			field := []string{"signing.secret", "signing.previous"}[i]
+			raw, err := resolveRaw(sec.Value, sec.SecretKey, credentials)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", field, err)
+			}
+			parsed, err := signing.ParseSecret([]byte(raw))
+			if err != nil {
+				return nil, &routeRejection{fmt.Errorf("%s: %w", field, err)}
+			}
+			route.Signing = append(route.Signing, parsed)
+			route.signingRaw = append(route.signingRaw, raw)
+		}
+	}
 	if s.Retry != nil {
 		if s.Retry.MaxRetries != nil {
 			route.MaxRetries = *s.Retry.MaxRetries
@@ -270,6 +322,36 @@ func resolve(value, secretKey string, credentials map[string][]byte) (string, er
 		return "", fmt.Errorf("credentials key %q does not hold a valid HTTP header value (control characters or a line break, such as a trailing newline)", secretKey)
 	}
 	return string(v), nil
+}
+
+// routeRejection marks a subscription the relay leaves out on its own,
+// rather than refusing the whole table.
+type routeRejection struct{ err error }
+
+func (e *routeRejection) Error() string { return e.err.Error() }
+
+// resolveRaw is resolve for values that are not sent as headers (signing
+// keys may be any bytes).
+func resolveRaw(value, secretKey string, credentials map[string][]byte) (string, error) {
+	if secretKey == "" {
+		return value, nil
+	}
+	v, ok := credentials[secretKey]
+	switch {
+	case !ok:
+		return "", fmt.Errorf("credentials key %q not found", secretKey)
+	case len(v) == 0:
+		return "", fmt.Errorf("credentials key %q is empty", secretKey)
+	}
+	return string(v), nil
+}
+
+// Rejected lists the subscriptions left out of the table and why.
+func (r *Routes) Rejected() []error {
+	if r == nil {
+		return nil
+	}
+	return r.rejected
 }
 
 func (r *Routes) add(route *Route) {
@@ -412,6 +494,15 @@ func fingerprint(r *Routes) [sha256.Size]byte {
 		writeInt(h, int64(route.Timeout))
 		writeInt(h, int64(route.MaxRetries))
 		writeInt(h, int64(route.Interval))
+		if route.Filter != nil {
+			writeString(h, route.Filter.String())
+		}
+		writeInt(h, int64(len(route.signingRaw)))
+		for _, raw := range route.signingRaw {
+			writeString(h, raw)
+		}
+		writeInt(h, int64(route.MaxInFlight))
+		writeString(h, strconv.FormatFloat(route.RatePerSecond, 'g', -1, 64))
 	}
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])

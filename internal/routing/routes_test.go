@@ -265,3 +265,53 @@ func BenchmarkRoutes_Match(b *testing.B) {
 		})
 	}
 }
+
+func TestCompile_LeavesOutOnlyTheRouteWithABadFilterOrSigningSecret(t *testing.T) {
+	table := &Table{Subscriptions: []Subscription{
+		{ID: "ns/good", URL: "https://a.example.com", Events: []string{"*"}, APIKey: Secret{Value: "k"},
+			Filter: `data.task.status == "Done"`,
+			Signing: &Signing{Secret: Secret{Value: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}}},
+		{ID: "ns/bad-filter", URL: "https://b.example.com", Events: []string{"*"}, APIKey: Secret{Value: "k"},
+			Filter: `data.task.status ==`},
+		{ID: "ns/short-key", URL: "https://c.example.com", Events: []string{"*"}, APIKey: Secret{Value: "k"},
+			Signing: &Signing{Secret: Secret{Value: "too-short"}}},
+	}}
+	routes, err := Compile(table, nil)
+	if err != nil {
+		t.Fatalf("Compile: %v", err)
+	}
+	if routes.Len() != 1 {
+		t.Fatalf("%d routes, want only ns/good", routes.Len())
+	}
+	good, ok := routes.Get("ns/good")
+	if !ok || good.Filter == nil || len(good.Signing) != 1 {
+		t.Fatalf("ns/good = %+v", good)
+	}
+	rejected := fmt.Sprint(routes.Rejected())
+	for _, want := range []string{"(ns/bad-filter).filter", "(ns/short-key).signing.secret"} {
+		if !strings.Contains(rejected, want) {
+			t.Errorf("rejections %s lack %s", rejected, want)
+		}
+	}
+	if strings.Contains(rejected, "too-short") {
+		t.Error("a rejection quotes the signing secret")
+	}
+}
+
+func TestCompile_FingerprintSeesASigningKeyRotation(t *testing.T) {
+	table := func(key string) *Table {
+		return &Table{Revision: "r1", Subscriptions: []Subscription{{ID: "ns/s", URL: "https://a.example.com",
+			Events: []string{"*"}, APIKey: Secret{Value: "k"}, Signing: &Signing{Secret: Secret{SecretKey: "sig"}}}}}
+	}
+	a, err := Compile(table(""), map[string][]byte{"sig": []byte("first-secret-of-24-bytes!")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Compile(table(""), map[string][]byte{"sig": []byte("second-secret-of-24-bytes")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.sameAs(b) {
+		t.Fatal("a rotated signing key looks like the same table")
+	}
+}

@@ -30,6 +30,9 @@ func (p *publisher) publish(routes *Routes, onChange func(*Routes), log logr.Log
 		kv = append(kv, "previousRevision", previous.Revision)
 	}
 	log.Info("routing table loaded", kv...)
+	for _, err := range routes.Rejected() {
+		log.Error(err, "subscription left out of the routing table")
+	}
 	if onChange != nil {
 		onChange(routes)
 	}

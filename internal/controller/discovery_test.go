@@ -111,7 +111,7 @@ func TestManager_BurstOfSubscriptionsCoalesces(t *testing.T) {
 }
 
 // countWrites counts writes of the routing ConfigMap from now on.
-func countWrites(t *testing.T, namespace string) *atomic.Int64 {
+func countWrites(t testing.TB, namespace string) *atomic.Int64 {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)

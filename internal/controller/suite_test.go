@@ -316,7 +316,7 @@ func tableIDs(t *routing.Table) []string {
 	return ids
 }
 
-func createNamespace(t *testing.T, prefix string) string {
+func createNamespace(t testing.TB, prefix string) string {
 	t.Helper()
 	name := fmt.Sprintf("%s-%s-%06d", prefix, strings.ToLower(strings.ReplaceAll(t.Name(), "_", "-"))[:min(30, len(t.Name()))], rand.IntN(1e6))
 	name = strings.Trim(strings.ReplaceAll(name, "/", "-"), "-")

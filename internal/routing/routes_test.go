@@ -269,7 +269,7 @@ func BenchmarkRoutes_Match(b *testing.B) {
 func TestCompile_LeavesOutOnlyTheRouteWithABadFilterOrSigningSecret(t *testing.T) {
 	table := &Table{Subscriptions: []Subscription{
 		{ID: "ns/good", URL: "https://a.example.com", Events: []string{"*"}, APIKey: Secret{Value: "k"},
-			Filter: `data.task.status == "Done"`,
+			Filter:  `data.task.status == "Done"`,
 			Signing: &Signing{Secret: Secret{Value: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}}},
 		{ID: "ns/bad-filter", URL: "https://b.example.com", Events: []string{"*"}, APIKey: Secret{Value: "k"},
 			Filter: `data.task.status ==`},

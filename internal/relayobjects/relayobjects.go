@@ -265,7 +265,8 @@ func container(cfg Config) *corev1ac.ContainerApplyConfiguration {
 	if cfg.Embedded() {
 		args = append(args, "--data-dir="+dataDir)
 	} else {
-		args = append(args, "--nats-url="+cfg.NATSURL)
+		// Each replica enforces its share of a subscription's rate limit.
+		args = append(args, "--nats-url="+cfg.NATSURL, fmt.Sprintf("--replicas=%d", cfg.EffectiveReplicas()))
 	}
 	probe := func(path string, period, failures int32) *corev1ac.ProbeApplyConfiguration {
 		return corev1ac.Probe().

@@ -20,7 +20,9 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/involveo/webhook-operator/api/v1alpha1"
+	"github.com/involveo/webhook-operator/internal/filter"
 	"github.com/involveo/webhook-operator/internal/routing"
+	"github.com/involveo/webhook-operator/internal/signing"
 )
 
 // MaxCredentialsBytes bounds the credentials Secret: the API server refuses a Secret
@@ -119,6 +121,14 @@ func renderOne(sub *v1alpha1.WebhookSubscription, secrets Secrets) (routing.Subs
 		return routing.Subscription{}, nil, Verdict{Reason: v1alpha1.ReasonInvalidSpec,
 			Message: "the relay cannot route this spec: " + specMessage(err)}
 	}
+	if route.Filter != "" {
+		// The CRD cannot compile CEL held in a string, so the manager does,
+		// with the compiler the relay uses.
+		if _, err := filter.Compile(route.Filter); err != nil {
+			return routing.Subscription{}, nil, Verdict{Reason: v1alpha1.ReasonInvalidFilter,
+				Message: "spec.filter does not compile: " + err.Error()}
+		}
+	}
 	creds := map[string][]byte{}
 	for _, ref := range SecretRefs(sub) {
 		value, verdict := lookup(sub.Namespace, ref, secrets)
@@ -154,6 +164,20 @@ func routeFor(sub *v1alpha1.WebhookSubscription) routing.Subscription {
 	if t := sub.Spec.Endpoint.Timeout; t != nil {
 		route.Timeout = routing.NewDuration(t.Duration)
 	}
+	route.Filter = sub.Spec.Filter
+	if sg := sub.Spec.Signing; sg != nil {
+		route.Signing = &routing.Signing{Secret: routing.Secret{
+			SecretKey: CredentialKey(sub.Namespace, sg.SecretRef.Name, sg.SecretRef.Key)}}
+		if p := sg.PreviousSecretRef; p != nil {
+			route.Signing.Previous = &routing.Secret{SecretKey: CredentialKey(sub.Namespace, p.Name, p.Key)}
+		}
+	}
+	if n := sub.Spec.Delivery.MaxInFlight; n != nil {
+		route.MaxInFlight = int(*n)
+	}
+	if r := sub.Spec.Delivery.RatePerSecond; r != nil {
+		route.RatePerSecond = float64(*r)
+	}
 	if r := sub.Spec.Retry; r.MaxRetries != nil || r.Interval != nil {
 		route.Retry = &routing.Retry{}
 		if r.MaxRetries != nil {
@@ -172,6 +196,9 @@ type SecretRef struct {
 	Name, Key string
 	// Field is the spec field holding the reference, for messages.
 	Field string
+	// SigningKey marks a signing secret: any bytes, checked as a key rather
+	// than as a header value.
+	SigningKey bool
 }
 
 // SecretRefs lists the Secret keys sub refers to, the API key first, then headers in
@@ -189,6 +216,14 @@ func SecretRefs(sub *v1alpha1.WebhookSubscription) []SecretRef {
 			Name: h.ValueFrom.SecretKeyRef.Name, Key: h.ValueFrom.SecretKeyRef.Key,
 			Field: fmt.Sprintf("spec.headers[%d].valueFrom.secretKeyRef", i),
 		})
+	}
+	if sg := sub.Spec.Signing; sg != nil {
+		refs = append(refs, SecretRef{Name: sg.SecretRef.Name, Key: sg.SecretRef.Key,
+			Field: "spec.signing.secretRef", SigningKey: true})
+		if p := sg.PreviousSecretRef; p != nil {
+			refs = append(refs, SecretRef{Name: p.Name, Key: p.Key,
+				Field: "spec.signing.previousSecretRef", SigningKey: true})
+		}
 	}
 	return refs
 }
@@ -221,6 +256,11 @@ func lookup(namespace string, ref SecretRef, secrets Secrets) ([]byte, Verdict) 
 	case len(value) == 0:
 		return nil, Verdict{Reason: v1alpha1.ReasonInvalidSecretValue,
 			Message: fmt.Sprintf("Secret %q key %q is empty (referenced by %s)", ref.Name, ref.Key, ref.Field)}
+	case ref.SigningKey:
+		if _, err := signing.ParseSecret(value); err != nil {
+			return nil, Verdict{Reason: v1alpha1.ReasonInvalidSecretValue,
+				Message: fmt.Sprintf("Secret %q key %q is not a signing secret: %v (referenced by %s)", ref.Name, ref.Key, err, ref.Field)}
+		}
 	case !httpguts.ValidHeaderFieldValue(string(value)):
 		return nil, Verdict{Reason: v1alpha1.ReasonInvalidSecretValue,
 			Message: fmt.Sprintf("Secret %q key %q holds a value that cannot be sent as an HTTP header: it has a control character or a line break, often a trailing newline (referenced by %s)", ref.Name, ref.Key, ref.Field)}
@@ -238,6 +278,10 @@ var fieldPaths = []struct{ routing, spec string }{
 	{"apiKey", "spec.apiKeySecretRef"},
 	{"headers", "spec.headers"},
 	{"retry", "spec.retry"},
+	{"filter", "spec.filter"},
+	{"signing", "spec.signing"},
+	{"maxInFlight", "spec.delivery.maxInFlight"},
+	{"ratePerSecond", "spec.delivery.ratePerSecond"},
 }
 
 // specMessage lists the validation failures of a route with spec field paths.

@@ -127,7 +127,8 @@ func TestRoutes_MatchesGolden(t *testing.T) {
 }
 
 func TestRoutes_Verdicts(t *testing.T) {
-	secrets := Secrets{nn("ns", "hook"): {"api-key": []byte("k"), "token": []byte("t"), "empty": nil}}
+	secrets := Secrets{nn("ns", "hook"): {"api-key": []byte("k"), "token": []byte("t"), "empty": nil,
+		"sig": []byte("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), "short": []byte("too-short")}}
 	tests := []struct {
 		name        string
 		sub         v1alpha1.WebhookSubscription
@@ -151,6 +152,20 @@ func TestRoutes_Verdicts(t *testing.T) {
 		{name: "reports a literal header value the CRD allows but HTTP does not as InvalidSpec on the spec path",
 			sub:        sub("ns", "s", withHeader("X-A", "a\rb")),
 			wantReason: v1alpha1.ReasonInvalidSpec, wantMessage: []string{"spec.headers[0]:", "not a valid HTTP header value"}},
+		{name: "includes a subscription with a filter, signing keys and limits",
+			sub: sub("ns", "ok", func(s *v1alpha1.WebhookSubscription) {
+				s.Spec.Filter = `data.task.tags.exists(t, t == "admin")`
+				s.Spec.Signing = &v1alpha1.Signing{SecretRef: v1alpha1.SecretKeyReference{Name: "hook", Key: "sig"}}
+				s.Spec.Delivery.RatePerSecond = new(int32(5))
+			})},
+		{name: "reports a filter that does not compile as InvalidFilter with its position",
+			sub:        sub("ns", "s", func(s *v1alpha1.WebhookSubscription) { s.Spec.Filter = "data.task.tags.exists(t, t ==" }),
+			wantReason: v1alpha1.ReasonInvalidFilter, wantMessage: []string{"spec.filter does not compile", "1:"}},
+		{name: "refuses a signing secret shorter than 24 bytes without quoting it",
+			sub: sub("ns", "s", func(s *v1alpha1.WebhookSubscription) {
+				s.Spec.Signing = &v1alpha1.Signing{SecretRef: v1alpha1.SecretKeyReference{Name: "hook", Key: "short"}}
+			}),
+			wantReason: v1alpha1.ReasonInvalidSecretValue, wantMessage: []string{"not a signing secret", "spec.signing.secretRef"}},
 		{name: "reports an invalid URL on spec.endpoint.url",
 			sub:        sub("ns", "s", func(s *v1alpha1.WebhookSubscription) { s.Spec.Endpoint.URL = "ftp://x.example.com" }),
 			wantReason: v1alpha1.ReasonInvalidSpec, wantMessage: []string{"spec.endpoint.url:"}},
@@ -166,6 +181,7 @@ func TestRoutes_Verdicts(t *testing.T) {
 			for _, m := range tt.wantMessage {
 				g.Expect(v.Message).To(ContainSubstring(m))
 			}
+			g.Expect(v.Message).NotTo(ContainSubstring("too-short"))
 			if tt.wantReason != "" {
 				g.Expect(res.Table.Subscriptions).To(BeEmpty())
 				g.Expect(res.Credentials).To(BeEmpty())

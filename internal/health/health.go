@@ -46,6 +46,16 @@ type Subscription struct {
 	// FilterErrors counts those among them the filter could not evaluate.
 	Filtered     int64 `json:"filtered"`
 	FilterErrors int64 `json:"filterErrors"`
+	// Paused is set while the relay holds the endpoint's deliveries because
+	// it kept failing.
+	Paused *Pause `json:"paused,omitempty"`
+}
+
+// Pause describes a paused endpoint.
+type Pause struct {
+	Since     time.Time `json:"since"`
+	Reason    string    `json:"reason"`
+	NextProbe time.Time `json:"nextProbe"`
 }
 
 // Failure describes the latest failed attempt. It never holds header values.

@@ -164,6 +164,12 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg, work chan<- *pe
 		_ = msg.NakWithDelay(wait)
 		return
 	}
+	if ok, hold := r.breaker.admit(route.ID, time.Now()); !ok {
+		// Paused endpoint: the delivery stays in JetStream until a probe
+		// succeeds or someone asks for a redelivery.
+		_ = msg.NakWithDelay(hold)
+		return
+	}
 	run, parked := r.inflight.admit(d, route)
 	if parked {
 		return
@@ -241,6 +247,8 @@ func (r *Relay) attempt(ctx context.Context, d *pendingDelivery) {
 		result = "success"
 	}
 	r.metrics.deliveries.WithLabelValues(route.ID, result).Inc()
+	r.logAttempt(d, res, now)
+	r.trip(route, d, res, now)
 
 	switch {
 	case res.OK():
@@ -317,6 +325,23 @@ func (r *Relay) publishThenAck(d *pendingDelivery, next *nats.Msg, msgID string)
 		r.log.Error(err, "acknowledge failed attempt", "subscription", d.subscriptionID)
 	}
 	return true
+}
+
+// trip feeds the attempt's outcome to the breaker and says so when it pauses
+// or resumes the endpoint.
+func (r *Relay) trip(route *routing.Route, d *pendingDelivery, res delivery.Result, now time.Time) {
+	if res.OK() {
+		if r.breaker.succeeded(route.ID) {
+			r.log.Info("endpoint resumed after a successful probe", "subscription", route.ID)
+		}
+		return
+	}
+	lastAttempt := res.Gone() || d.attempt > route.MaxRetries
+	if r.breaker.failed(route.ID, now, lastAttempt) {
+		p := r.breaker.pause(route.ID)
+		r.log.Info("endpoint paused; deliveries are held until a probe succeeds or a redelivery is requested",
+			"subscription", route.ID, "reason", p.Reason, "nextProbe", p.NextProbe)
+	}
 }
 
 // retryAfterCap bounds how far a receiver's Retry-After may push the next

@@ -119,6 +119,7 @@ func startRelayIn(t testing.TB, dataDir, table string, opts ...relayOption) *tes
 			DeadLettersMaxAge:   time.Hour,
 			DeliverAckWait:      30 * time.Second,
 			MaxAckPending:       1000,
+			AttemptLogSize:      100,
 		},
 	}
 	for _, o := range opts {

@@ -67,6 +67,9 @@ type QueueConfig struct {
 	DeliverAckWait time.Duration
 	// MaxAckPending bounds deliveries handed to this relay and not yet settled.
 	MaxAckPending int
+	// AttemptLogSize is how many attempts the delivery log keeps per
+	// subscription.
+	AttemptLogSize int64
 }
 
 // Queue is the relay's JetStream: the event log, the pending deliveries and
@@ -179,6 +182,14 @@ func (q *Queue) declare(ctx context.Context, cfg QueueConfig) error {
 		// Dead letters are the record of last resort: when full, drop the
 		// oldest rather than refuse a new one.
 		Discard: jetstream.DiscardOld,
+	}, {
+		Name:              attemptsStream,
+		Description:       "the delivery log: the latest attempts per subscription, no bodies or secrets",
+		Subjects:          []string{attemptsSubjectPrefix + ">"},
+		Retention:         jetstream.LimitsPolicy,
+		MaxMsgsPerSubject: max(cfg.AttemptLogSize, 1),
+		MaxAge:            attemptsMaxAge,
+		Discard:           jetstream.DiscardOld,
 	}}
 	for _, sc := range streams {
 		sc.Storage = jetstream.FileStorage

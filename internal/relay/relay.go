@@ -68,6 +68,8 @@ type Config struct {
 	MaxInFlightPerSubscription int
 	// AllowDestinationCIDRs lets deliveries reach otherwise refused ranges.
 	AllowDestinationCIDRs []netip.Prefix
+	// Breaker sets when a failing endpoint is paused.
+	Breaker BreakerConfig
 	// Replicas is how many relays share the work; per-subscription rates are
 	// divided by it.
 	Replicas int
@@ -86,6 +88,7 @@ type Relay struct {
 	metrics  *metrics
 	inflight *inflight
 	limiters *limiters
+	breaker  *breaker
 	routes   atomic.Pointer[routing.Routes]
 	loaded   atomic.Bool
 	// firstLoad is closed by the first SetRoutes.
@@ -109,6 +112,7 @@ func New(cfg Config) *Relay {
 		inflight: &inflight{limit: cfg.MaxInFlightPerSubscription, ackWait: cfg.Queue.DeliverAckWait,
 			n: map[string]int{}, parked: map[string][]*pendingDelivery{}},
 		limiters:   newLimiters(cfg.Replicas),
+		breaker:    newBreaker(cfg.Breaker),
 		firstLoad:  make(chan struct{}),
 		instance:   nuid.Next(),
 		started:    time.Now().UTC(),
@@ -278,6 +282,10 @@ func (r *Relay) adminHandler() http.Handler {
 	mux.HandleFunc("GET "+health.Path, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, r.Health())
 	})
+	mux.HandleFunc("GET "+health.AttemptsPath, r.handleAttempts)
+	mux.HandleFunc("GET "+health.DeadLettersPath, r.handleDeadLetters)
+	mux.HandleFunc("POST "+health.RedeliverPath, r.handleRedeliver)
+	mux.HandleFunc("POST "+health.TestPath, r.handleTest)
 	return mux
 }
 
@@ -292,6 +300,9 @@ func (r *Relay) Health() health.Report {
 	}
 	if routes != nil {
 		rep.Revision = routes.Revision
+	}
+	for i := range rep.Subscriptions {
+		rep.Subscriptions[i].Paused = r.breaker.pause(rep.Subscriptions[i].ID)
 	}
 	return rep
 }

@@ -63,4 +63,19 @@ const (
 	ReasonDeliveryRecovered = "DeliveryRecovered"
 	// ReasonDeadLettered: a delivery exhausted its retries (Event only).
 	ReasonDeadLettered = "DeadLettered"
+	// ReasonEndpointPaused: the relay holds the endpoint's deliveries after a
+	// long run of failures, probing it now and then.
+	ReasonEndpointPaused = "EndpointPaused"
+	// ReasonRedelivered: dead letters were re-enqueued on request (Event only).
+	ReasonRedelivered = "Redelivered"
+)
+
+// Annotations users set on a WebhookSubscription.
+const (
+	// AnnotationRedeliver: any new value re-enqueues the subscription's dead
+	// letters with a fresh retry budget and resumes a paused endpoint.
+	AnnotationRedeliver = "webhooks.involveo.io/redeliver"
+	// AnnotationRedeliverSince (RFC 3339) limits a redelivery to dead letters
+	// from that time on.
+	AnnotationRedeliverSince = "webhooks.involveo.io/redeliver-since"
 )

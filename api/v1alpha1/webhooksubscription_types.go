@@ -230,6 +230,32 @@ type WebhookSubscriptionStatus struct {
 	// delivery summarises the relay's delivery figures for this subscription.
 	// +optional
 	Delivery *DeliveryStatus `json:"delivery,omitempty"`
+
+	// replay reports the last redelivery of dead letters requested with the
+	// webhooks.involveo.io/redeliver annotation.
+	// +optional
+	Replay *ReplayStatus `json:"replay,omitempty"`
+}
+
+// ReplayStatus is the outcome of a redelivery request.
+type ReplayStatus struct {
+	// requested is the value of the redeliver annotation this replay served;
+	// the same value never replays twice, so re-applying a manifest is safe.
+	// +optional
+	Requested string `json:"requested,omitempty"`
+
+	// since is the redeliver-since annotation's time, when one was given.
+	// +optional
+	Since *metav1.Time `json:"since,omitempty"`
+
+	// replayed is the number of dead letters re-enqueued with a fresh retry
+	// budget.
+	// +optional
+	Replayed int64 `json:"replayed,omitempty"`
+
+	// completedTime is when the relay re-enqueued them.
+	// +optional
+	CompletedTime *metav1.Time `json:"completedTime,omitempty"`
 }
 
 // DeliveryStatus summarises deliveries to the endpoint, summed over relay

@@ -175,10 +175,18 @@ func (r *RelayReconciler) writeStatuses(ctx context.Context, subs []v1alpha1.Web
 		if waiting {
 			pending.Store(true)
 		}
-		if !ok || equality.Semantic.DeepEqual(sub.Status, want) {
+		if !ok {
 			continue
 		}
-		g.Go(func() error { return r.patchStatus(ctx, sub, want) })
+		g.Go(func() error {
+			if r.serveReplay(ctx, sub, &want) {
+				pending.Store(true)
+			}
+			if equality.Semantic.DeepEqual(sub.Status, want) {
+				return nil
+			}
+			return r.patchStatus(ctx, sub, want)
+		})
 	}
 	err := g.Wait()
 	return pending.Load(), err

@@ -66,10 +66,12 @@ func Setup(ctx context.Context, mgr manager.Manager, cfg Config) error {
 	enqueue := trigger.handler(cfg.CoalesceDelay, nil)
 	// Only spec changes matter to the table; the manager writes the status itself.
 	specChanged := builder.WithPredicates(predicate.GenerationChangedPredicate{})
+	// A redeliver annotation changes no generation but asks for work.
+	specOrReplay := builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))
 	b := ctrl.NewControllerManagedBy(mgr).
 		Named("relay").
 		WithOptions(controller.Options{MaxConcurrentReconciles: 1}).
-		Watches(&v1alpha1.WebhookSubscription{}, enqueue, specChanged).
+		Watches(&v1alpha1.WebhookSubscription{}, enqueue, specOrReplay).
 		WatchesMetadata(&corev1.Secret{}, trigger.handler(cfg.CoalesceDelay, r.secretMatters)).
 		Watches(&corev1.ConfigMap{}, enqueue).
 		WatchesRawSource(trigger.source())

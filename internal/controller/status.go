@@ -12,6 +12,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
 	"github.com/involveo/webhook-operator/api/v1alpha1"
+	"github.com/involveo/webhook-operator/internal/health"
 	"github.com/involveo/webhook-operator/internal/healthpoll"
 	"github.com/involveo/webhook-operator/internal/render"
 )
@@ -28,7 +29,9 @@ type readiness struct {
 func (r readiness) waiting() bool { return waitingReasons[r.reason] }
 
 // stalled: only a change to the spec helps (kstatus Stalled).
-func (r readiness) stalled() bool { return r.reason == v1alpha1.ReasonInvalidSpec }
+func (r readiness) stalled() bool {
+	return r.reason == v1alpha1.ReasonInvalidSpec || r.reason == v1alpha1.ReasonInvalidFilter
+}
 
 // pending: the relay should load the route soon, so look again after a poll.
 func (r readiness) pending() bool {
@@ -78,10 +81,15 @@ func ofReplicas(have, of int) string {
 }
 
 // deliveryHealthy decides the DeliveryHealthy condition from the delivery figures.
-func deliveryHealthy(d healthpoll.Delivery, generation int64) metav1.Condition {
+func deliveryHealthy(d healthpoll.Delivery, pause *health.Pause, generation int64) metav1.Condition {
 	c := metav1.Condition{Type: v1alpha1.ConditionDeliveryHealthy, ObservedGeneration: generation}
 	s := d.Status
 	switch {
+	case pause != nil:
+		c.Status, c.Reason = metav1.ConditionFalse, v1alpha1.ReasonEndpointPaused
+		c.Message = fmt.Sprintf("the relay paused deliveries at %s because %s; they are held, not dropped. "+
+			"One is retried at %s; set the %s annotation to resume now",
+			pause.Since.UTC().Format(time.RFC3339), pause.Reason, pause.NextProbe.UTC().Format(time.RFC3339), v1alpha1.AnnotationRedeliver)
 	case s.LastAttemptTime == nil:
 		c.Status, c.Reason, c.Message = metav1.ConditionUnknown, v1alpha1.ReasonNoDeliveries, "no delivery has been attempted yet"
 	case d.LastSucceeded:
@@ -143,7 +151,7 @@ func desiredStatus(sub *v1alpha1.WebhookSubscription, verdict render.Verdict, vi
 			meta.RemoveStatusCondition(&st.Conditions, k.condition)
 		}
 	}
-	meta.SetStatusCondition(&st.Conditions, deliveryHealthy(d, sub.Generation))
+	meta.SetStatusCondition(&st.Conditions, deliveryHealthy(d, view.Paused(sub.Namespace+"/"+sub.Name), sub.Generation))
 	st.Delivery = nil
 	if d.Status != (v1alpha1.DeliveryStatus{}) {
 		st.Delivery = d.Status.DeepCopy()
@@ -166,6 +174,8 @@ func eventNotes(before, after *v1alpha1.WebhookSubscriptionStatus) []eventNote {
 	wasFailing := was != nil && was.Status == metav1.ConditionFalse
 	switch {
 	case now == nil:
+	case now.Reason == v1alpha1.ReasonEndpointPaused && (was == nil || was.Reason != v1alpha1.ReasonEndpointPaused):
+		notes = append(notes, eventNote{corev1.EventTypeWarning, v1alpha1.ReasonEndpointPaused, now.Message})
 	case now.Status == metav1.ConditionFalse && !wasFailing:
 		notes = append(notes, eventNote{corev1.EventTypeWarning, v1alpha1.ReasonDeliveryFailing, now.Message})
 	case now.Status == metav1.ConditionTrue && wasFailing:

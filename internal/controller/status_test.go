@@ -138,7 +138,7 @@ func TestDeliveryHealthy(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
-			c := deliveryHealthy(tt.delivery, 4)
+			c := deliveryHealthy(tt.delivery, nil, 4)
 			g.Expect(c.Status).To(Equal(tt.wantStatus))
 			g.Expect(c.Reason).To(Equal(tt.wantReason))
 			g.Expect(c.ObservedGeneration).To(Equal(int64(4)))

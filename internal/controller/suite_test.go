@@ -145,12 +145,18 @@ type stackOption func(t *testing.T, s *stack, c *Config)
 
 func startStack(t *testing.T, opts ...stackOption) *stack {
 	t.Helper()
+	return startStackWithRelay(t, nil, opts...)
+}
+
+// startStackWithRelay is startStack with the relay's configuration adjusted.
+func startStackWithRelay(t *testing.T, relayOpt func(*relay.Config), opts ...stackOption) *stack {
+	t.Helper()
 	s := &stack{operatorNS: createNamespace(t, "operator"), tenantNS: createNamespace(t, "tenant"),
 		managerConfig: restConfig, relayClient: clientset}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	t.Cleanup(func() { cancel(); wg.Wait() })
-	s.startRelay(t, ctx, &wg)
+	s.startRelay(t, ctx, &wg, relayOpt)
 	cfg := Config{
 		Namespace:          s.operatorNS,
 		WatchNamespaces:    []string{s.tenantNS},
@@ -169,9 +175,9 @@ func startStack(t *testing.T, opts ...stackOption) *stack {
 
 // startRelay runs the relay; it serves its admin port at once and takes events once
 // the routing source has loaded a table.
-func (s *stack) startRelay(t *testing.T, ctx context.Context, wg *sync.WaitGroup) {
+func (s *stack) startRelay(t *testing.T, ctx context.Context, wg *sync.WaitGroup, opt func(*relay.Config)) {
 	t.Helper()
-	r := relay.New(relay.Config{
+	cfg := relay.Config{
 		Listen:                     "127.0.0.1:0",
 		AdminListen:                "127.0.0.1:0",
 		MaxBodyBytes:               relay.DefaultMaxBodyBytes,
@@ -190,8 +196,13 @@ func (s *stack) startRelay(t *testing.T, ctx context.Context, wg *sync.WaitGroup
 			DeadLettersMaxAge:   time.Hour,
 			DeliverAckWait:      30 * time.Second,
 			MaxAckPending:       1000,
+			AttemptLogSize:      100,
 		},
-	})
+	}
+	if opt != nil {
+		opt(&cfg)
+	}
+	r := relay.New(cfg)
 	wg.Go(func() {
 		if err := r.Run(ctx); err != nil {
 			t.Errorf("relay: %v", err)

@@ -77,6 +77,8 @@ type View struct {
 	reports []health.Report
 	// loaded maps subscription id → generation → replicas that loaded it.
 	loaded map[string]map[int64]int
+	// paused maps subscription id → its pause on some replica.
+	paused map[string]*health.Pause
 }
 
 // Loaded returns how many of the fresh relays have loaded generation of the
@@ -84,6 +86,11 @@ type View struct {
 func (v *View) Loaded(id string, generation int64) (have, of int) {
 	return v.loaded[id][generation], v.Replicas
 }
+
+// Paused returns the pause of the subscription id on any fresh relay, or nil.
+// Each replica keeps its own breaker; one paused replica holds part of the
+// endpoint's deliveries, which is worth saying.
+func (v *View) Paused(id string) *health.Pause { return v.paused[id] }
 
 // Revisions returns the routing revisions the fresh relays have loaded, sorted, each
 // once; "" stands for a relay without a table.
@@ -109,6 +116,20 @@ func (v *View) RevisionLoaded(revision string) bool {
 		}
 	}
 	return true
+}
+
+// RelayURLs returns the base URLs of the relays' admin APIs (the report
+// targets without the report path), for requests to every relay.
+func (p *Poller) RelayURLs(ctx context.Context) ([]string, error) {
+	targets, err := p.Targets(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(targets))
+	for i, t := range targets {
+		out[i] = strings.TrimSuffix(t, health.Path)
+	}
+	return out, nil
 }
 
 // View returns the outcome of the last poll.
@@ -219,7 +240,8 @@ func (p *Poller) unavailable(fetchErr error) string {
 }
 
 func newView(reports []health.Report, unavailable string) *View {
-	v := &View{Polled: true, Replicas: len(reports), reports: reports, loaded: map[string]map[int64]int{}}
+	v := &View{Polled: true, Replicas: len(reports), reports: reports, loaded: map[string]map[int64]int{},
+		paused: map[string]*health.Pause{}}
 	if v.Replicas == 0 {
 		v.Unavailable = unavailable
 	}
@@ -228,6 +250,9 @@ func newView(reports []health.Report, unavailable string) *View {
 			continue
 		}
 		for _, s := range r.Subscriptions {
+			if s.Paused != nil {
+				v.paused[s.ID] = s.Paused
+			}
 			if v.loaded[s.ID] == nil {
 				v.loaded[s.ID] = map[int64]int{}
 			}

@@ -61,6 +61,8 @@ func TestAdmin_ServesHealthReadinessMetricsAndSubscriptions(t *testing.T) {
 		`involveo_relay_routing_revision_info{revision="rev-7"} 1`,
 		`involveo_relay_delivery_attempt_duration_seconds_count 1`,
 		`involveo_relay_pending_retries 0`,
+		`involveo_relay_stream_messages{stream="INVOLVEO_DEADLETTERS"} 1`,
+		`involveo_relay_stream_limit_bytes{stream="INVOLVEO_EVENTS"}`,
 	} {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("/metrics lacks %s", want)

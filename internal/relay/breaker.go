@@ -124,3 +124,16 @@ func (b *breaker) pause(id string) *health.Pause {
 	since := s.pausedSince.UTC()
 	return &health.Pause{Since: since, Reason: s.reason, NextProbe: s.nextProbe.UTC()}
 }
+
+// pausedIDs lists the paused subscriptions.
+func (b *breaker) pausedIDs() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var ids []string
+	for id, s := range b.subs {
+		if !s.pausedSince.IsZero() {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}

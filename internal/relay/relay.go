@@ -127,6 +127,7 @@ func New(cfg Config) *Relay {
 		}),
 	}
 	r.metrics = newMetrics(func() float64 { return float64(r.stats.pendingTotal()) })
+	r.metrics.registry.MustRegister(relayCollector{r})
 	return r
 }
 
@@ -137,6 +138,12 @@ func (r *Relay) SetRoutes(routes *routing.Routes) {
 	r.loaded.Store(true)
 	r.firstLoadOnce.Do(func() { close(r.firstLoad) })
 	r.metrics.setRevision(routes.Revision)
+	// Series that exist from the start let increase() see the first failure.
+	for _, route := range routes.All() {
+		r.metrics.deliveries.WithLabelValues(route.ID, "success")
+		r.metrics.deliveries.WithLabelValues(route.ID, "failure")
+		r.metrics.deadLetters.WithLabelValues(route.ID)
+	}
 }
 
 // IngestAddr and AdminAddr return the bound addresses once listening

@@ -63,6 +63,17 @@ func registeredSeries(t *testing.T) map[string]bool {
 			t.Fatalf("parse %s: %v", path, err)
 		}
 		ast.Inspect(file, func(n ast.Node) bool {
+			// prometheus.NewDesc("name", …) of a custom collector.
+			if call, ok := n.(*ast.CallExpr); ok {
+				if sel, ok := call.Fun.(*ast.SelectorExpr); ok && sel.Sel.Name == "NewDesc" && len(call.Args) > 0 {
+					if val, ok := call.Args[0].(*ast.BasicLit); ok && val.Kind == token.STRING {
+						if name, err := strconv.Unquote(val.Value); err == nil {
+							series[name] = true
+						}
+					}
+				}
+				return true
+			}
 			lit, ok := n.(*ast.CompositeLit)
 			if !ok {
 				return true

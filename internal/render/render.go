@@ -26,12 +26,10 @@ import (
 )
 
 // MaxCredentialsBytes bounds the credentials Secret: the API server refuses a Secret
-// whose values exceed 1 MiB, and keys count towards etcd's request limit, so both are
-// counted here to fail with a clear message instead of an API error.
+// whose values exceed 1 MiB, and keys count towards etcd's 1.5 MiB request limit (twice:
+// in data and in managedFields), so keys and values are counted against 1 MiB here to
+// fail with a clear message instead of an API error.
 const MaxCredentialsBytes = 1 << 20
-
-// maxSecretKeyLength is the API server's limit on a Secret data key.
-const maxSecretKeyLength = 253
 
 // Secrets holds the data of the Secrets the subscriptions reference, by namespace and
 // name. A Secret missing from the map does not exist.
@@ -313,18 +311,13 @@ func flatten(err error) []error {
 }
 
 // CredentialKey is the credentials Secret key holding the value of key in the Secret
-// namespace/secret: "<namespace>_<secret>_<key>". Keyed by source rather than by
-// subscription, a Secret shared by a tenant's subscriptions is stored once, which keeps
-// 10,000 subscriptions within the Secret size limit. Namespaces and Secret names cannot
-// contain "_", so the first two underscores delimit them and keys of different sources
-// cannot collide. A key that would exceed the Secret key limit is cut and completed by a
-// hash of the full source.
+// namespace/secret: the first 16 hex characters (64 bits) of a SHA-256 of the three.
+// Keyed by source rather than by subscription, a Secret shared by a tenant's
+// subscriptions is stored once; and a short fixed-length key keeps 10,000 credentials
+// within the Secret size limit, which long readable keys (namespace, Secret and key
+// names of up to 63, 253 and 253 characters) would not, their bytes counting twice
+// once server-side apply lists every key in managedFields.
 func CredentialKey(namespace, secret, key string) string {
-	full := namespace + "_" + secret + "_" + key
-	if len(full) <= maxSecretKeyLength {
-		return full
-	}
-	sum := sha256.Sum256([]byte(full))
-	tag := "-" + hex.EncodeToString(sum[:8])
-	return full[:maxSecretKeyLength-len(tag)] + tag
+	sum := sha256.Sum256([]byte(namespace + "\x00" + secret + "\x00" + key))
+	return hex.EncodeToString(sum[:8])
 }

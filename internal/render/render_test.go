@@ -258,51 +258,55 @@ func TestRoutes_RendersAnEmptyTable(t *testing.T) {
 }
 
 func TestCredentialKey(t *testing.T) {
+	g := NewWithT(t)
 	long := strings.Repeat("n", 253)
-	tests := []struct {
-		name string
-		got  string
-		want string
-	}{
-		{name: "joins namespace, Secret and key with underscores", got: CredentialKey("team-a", "crm-hook", "api-key"), want: "team-a_crm-hook_api-key"},
-		{name: "keeps dotted names apart", got: CredentialKey("a", "b.c", "d"), want: "a_b.c_d"},
-		{name: "keeps a key within the Secret key limit for the longest names", got: fmt.Sprint(len(CredentialKey(strings.Repeat("s", 63), long, long))), want: "253"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if tt.got != tt.want {
-				t.Errorf("got %q, want %q", tt.got, tt.want)
-			}
-		})
-	}
-	if a, b := CredentialKey("ns", long, "api-key"), CredentialKey("ns", long, "api-kez"); a == b {
-		t.Errorf("long names that differ only at the end share key %q", a)
-	}
-	if a, b := CredentialKey("a", "b.c", "d"), CredentialKey("a", "b", "c.d"); a == b {
-		t.Errorf("different sources share key %q", a)
-	}
+	key := CredentialKey(strings.Repeat("s", 63), long, long)
+	g.Expect(key).To(MatchRegexp("^[0-9a-f]{16}$"), "a valid Secret key of fixed length")
+	g.Expect(CredentialKey("team-a", "hook", "api-key")).To(Equal(CredentialKey("team-a", "hook", "api-key")))
+	g.Expect(CredentialKey("a", "b.c", "d")).NotTo(Equal(CredentialKey("a", "b", "c.d")), "different sources")
+	g.Expect(CredentialKey("a", "b", "c")).NotTo(Equal(CredentialKey("x", "b", "c")), "different namespaces")
 }
 
-func TestRoutes_TenThousandSubscriptionsFitOneConfigMap(t *testing.T) {
+// TestRoutes_TenThousandSubscriptionsFit renders 10,000 subscriptions, each with its
+// own Secret (the worst case for the credentials Secret) and a header from a Secret
+// shared in its namespace, with namespaces named at the length limit.
+func TestRoutes_TenThousandSubscriptionsFit(t *testing.T) {
 	g := NewWithT(t)
 	const n = 10_000
 	subs := make([]v1alpha1.WebhookSubscription, n)
 	secrets := Secrets{}
 	for i := range n {
-		ns := fmt.Sprintf("tenant-%03d", i%500)
-		subs[i] = sub(ns, fmt.Sprintf("hook-%05d", i), withHeader("X-Tenant", ns), withSecretHeader("Authorization", "hook", "token"))
+		ns := fmt.Sprintf("%s-%03d", strings.Repeat("tenant", 10), i%500)
+		name := fmt.Sprintf("hook-%05d", i)
+		subs[i] = sub(ns, name, withHeader("X-Tenant", ns), withSecretHeader("Authorization", "shared", "token"))
+		subs[i].Spec.APIKeySecretRef.Name = name
 		subs[i].Spec.Endpoint.URL = fmt.Sprintf("https://hooks-%d.%s.example.com/involveo/%x", i, ns, i*7919)
-		secrets[nn(ns, "hook")] = map[string][]byte{"api-key": []byte("k-" + ns + "-0123456789abcdef"), "token": []byte("Bearer " + ns)}
+		secrets[nn(ns, name)] = map[string][]byte{"api-key": []byte(fmt.Sprintf("%040d", i))}
+		secrets[nn(ns, "shared")] = map[string][]byte{"token": []byte("Bearer " + strings.Repeat("t", 40))}
 	}
 	res, err := Routes(subs, secrets)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(res.Table.Subscriptions).To(HaveLen(n))
 	g.Expect(res.ConfigMap.BinaryData).To(HaveKey(routing.RoutesGzipKey))
 	g.Expect(len(res.ConfigMap.BinaryData[routing.RoutesGzipKey])).To(BeNumerically("<", routing.MaxConfigMapBytes))
+	g.Expect(res.Credentials).To(HaveLen(n + 500))
 	table, err := routing.DecodeConfigMap(configMap(res))
 	g.Expect(err).NotTo(HaveOccurred())
 	_, err = routing.Compile(table, res.Credentials)
 	g.Expect(err).NotTo(HaveOccurred())
+}
+
+func TestRoutes_RefusesCredentialsBeyondTheSecretLimit(t *testing.T) {
+	g := NewWithT(t)
+	subs := make([]v1alpha1.WebhookSubscription, 2000)
+	secrets := Secrets{}
+	for i := range subs {
+		name := fmt.Sprintf("hook-%05d", i)
+		subs[i] = sub("ns", name, func(s *v1alpha1.WebhookSubscription) { s.Spec.APIKeySecretRef.Name = name })
+		secrets[nn("ns", name)] = map[string][]byte{"api-key": bytes.Repeat([]byte("k"), 1000)}
+	}
+	_, err := Routes(subs, secrets)
+	g.Expect(err).To(MatchError(ContainSubstring("more than the 1048576 a Secret holds")))
 }
 
 func BenchmarkRoutes_10kSubscriptions(b *testing.B) {

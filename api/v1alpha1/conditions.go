@@ -41,6 +41,11 @@ const (
 	ReasonSecretKeyNotFound = "SecretKeyNotFound"
 	// ReasonInvalidSpec: the spec passed the API server but cannot be routed.
 	ReasonInvalidSpec = "InvalidSpec"
+	// ReasonInvalidSecretValue: a referenced Secret key holds a value that cannot
+	// be used: empty, a header value with a control character or line break (a
+	// trailing newline, typically), or a signing key that is too short. Only this
+	// subscription is left out; the relay never sees the value.
+	ReasonInvalidSecretValue = "InvalidSecretValue"
 	// ReasonInvalidFilter: spec.filter does not compile as a boolean CEL expression.
 	ReasonInvalidFilter = "InvalidFilter"
 	// ReasonSuspended: spec.suspend is true, so the subscription is not routed.

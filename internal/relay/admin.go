@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
+
+	"github.com/involveo/webhook-operator/internal/health"
 )
 
 // subscriptionOf returns the subscription id of a per-subscription admin
@@ -40,24 +43,16 @@ func pageParams(req *http.Request) (cursor uint64, limit int, err error) {
 }
 
 func (r *Relay) handleAttempts(w http.ResponseWriter, req *http.Request) {
-	id, ok := r.subscriptionOf(w, req)
-	if !ok {
-		return
-	}
-	cursor, limit, err := pageParams(req)
-	if err != nil {
-		writeJSON(w, http.StatusBadRequest, errorResponse{Error: err.Error()})
-		return
-	}
-	page, err := r.listAttempts(req.Context(), id, cursor, limit)
-	if err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, errorResponse{Error: err.Error()})
-		return
-	}
-	writeJSON(w, http.StatusOK, page)
+	servePage(r, w, req, r.listAttempts)
 }
 
 func (r *Relay) handleDeadLetters(w http.ResponseWriter, req *http.Request) {
+	servePage(r, w, req, r.listDeadLetters)
+}
+
+// servePage answers a paginated per-subscription listing.
+func servePage[T any](r *Relay, w http.ResponseWriter, req *http.Request,
+	list func(ctx context.Context, subID string, cursor uint64, limit int) (health.Page[T], error)) {
 	id, ok := r.subscriptionOf(w, req)
 	if !ok {
 		return
@@ -67,7 +62,7 @@ func (r *Relay) handleDeadLetters(w http.ResponseWriter, req *http.Request) {
 		writeJSON(w, http.StatusBadRequest, errorResponse{Error: err.Error()})
 		return
 	}
-	page, err := r.listDeadLetters(req.Context(), id, cursor, limit)
+	page, err := list(req.Context(), id, cursor, limit)
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, errorResponse{Error: err.Error()})
 		return

@@ -63,6 +63,10 @@ BENCHCOUNT ?= 2
 bench: ## Benchmark the relay end to end (events/s, p50/p99) next to an in-memory forwarder (BENCHTIME=3s BENCHCOUNT=2).
 	$(GO) test -run='^$$' -bench=. -benchtime=$(BENCHTIME) -count=$(BENCHCOUNT) -timeout=10m ./internal/relay/
 
+.PHONY: bench-manager
+bench-manager: ## Create 10,000 subscriptions at once against the manager and relay binaries: time until all Ready, ConfigMap writes, peak RSS (BENCH_LOG_DIR keeps their logs).
+	$(GO) test -run='^$$' -bench=BenchmarkManager_10kSubscriptions -benchtime=1x -count=1 -timeout=30m ./internal/controller/
+
 .PHONY: dev
 dev: build ## Run it locally: API server + etcd, manager, relay, samples and a demo receiver. Ctrl-C stops all.
 	$(GO) build -o bin/dev ./hack/dev

@@ -44,16 +44,17 @@ func routingLabels() map[string]string {
 }
 
 // applyRouting writes the credentials Secret and then the routing ConfigMap, each only
-// when its content differs. In that order the relay never sees a table naming a key the
-// Secret lacks. Keys the new table no longer names stay in the Secret until every relay
-// has loaded the new table, so a relay that sees the Secret change before the ConfigMap
-// does is not left with an old table it cannot load.
-func (r *RelayReconciler) applyRouting(ctx context.Context, res *render.Result, view *healthpoll.View) error {
+// when its content differs, and reports whether the table changed. In that order the
+// relay never sees a table naming a key the Secret lacks. Keys the new table no longer
+// names stay in the Secret until every relay has loaded the new table, so a relay that
+// sees the Secret change before the ConfigMap does is not left with an old table it
+// cannot load.
+func (r *RelayReconciler) applyRouting(ctx context.Context, res *render.Result, view *healthpoll.View) (bool, error) {
 	ns := r.config.Namespace
 	key := types.NamespacedName{Namespace: ns, Name: routing.CredentialsSecretName}
 	own, err := r.ownSecret.read(ctx, []types.NamespacedName{key})
 	if err != nil {
-		return fmt.Errorf("read credentials Secret: %w", err)
+		return false, fmt.Errorf("read credentials Secret: %w", err)
 	}
 	current, exists := own[key]
 	creds := res.Credentials
@@ -71,7 +72,7 @@ func (r *RelayReconciler) applyRouting(ctx context.Context, res *render.Result, 
 			WithType(corev1.SecretTypeOpaque).
 			WithData(creds)
 		if err := r.client.Apply(ctx, secret, applyOptions...); err != nil {
-			return fmt.Errorf("apply credentials Secret %s: %w", key, err)
+			return false, fmt.Errorf("apply credentials Secret %s: %w", key, err)
 		}
 		ctrl.LoggerFrom(ctx).Info("credentials Secret written", "secret", key.String(), "keys", len(creds))
 	}
@@ -79,10 +80,10 @@ func (r *RelayReconciler) applyRouting(ctx context.Context, res *render.Result, 
 	cm := &corev1.ConfigMap{}
 	err = r.client.Get(ctx, types.NamespacedName{Namespace: ns, Name: routing.ConfigMapName}, cm)
 	if client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("get routing ConfigMap: %w", err)
+		return false, fmt.Errorf("get routing ConfigMap: %w", err)
 	}
 	if err == nil && maps.Equal(cm.Data, res.ConfigMap.Data) && maps.EqualFunc(cm.BinaryData, res.ConfigMap.BinaryData, bytes.Equal) {
-		return nil
+		return false, nil
 	}
 	apply := corev1ac.ConfigMap(routing.ConfigMapName, ns).
 		WithLabels(routingLabels()).
@@ -94,11 +95,11 @@ func (r *RelayReconciler) applyRouting(ctx context.Context, res *render.Result, 
 		apply.WithBinaryData(res.ConfigMap.BinaryData)
 	}
 	if err := r.client.Apply(ctx, apply, applyOptions...); err != nil {
-		return fmt.Errorf("apply routing ConfigMap %s/%s: %w", ns, routing.ConfigMapName, err)
+		return false, fmt.Errorf("apply routing ConfigMap %s/%s: %w", ns, routing.ConfigMapName, err)
 	}
 	ctrl.LoggerFrom(ctx).Info("routing table written", "revision", res.ConfigMap.Revision,
 		"routed", len(res.Table.Subscriptions), "leftOut", len(res.Verdicts)-len(res.Table.Subscriptions))
-	return nil
+	return true, nil
 }
 
 // relayObject is one of the relay's objects with what it takes to detect drift: the

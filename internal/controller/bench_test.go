@@ -2,7 +2,9 @@ package controller
 
 import (
 	"bufio"
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,13 +13,15 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
+	toolscache "k8s.io/client-go/tools/cache"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -51,7 +55,13 @@ func BenchmarkManager_10kSubscriptions(b *testing.B) {
 func benchmarkOnce(b *testing.B, bin string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	dir := b.TempDir()
+	// BENCH_LOG_DIR keeps the processes' logs for a look afterwards.
+	dir := os.Getenv("BENCH_LOG_DIR")
+	if dir == "" {
+		dir = b.TempDir()
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
 	kubeconfig := writeKubeconfig(b, dir)
 	ops := createNamespace(b, "bench-operator")
 	tenants := make([]string, benchNamespaces)
@@ -68,7 +78,8 @@ func benchmarkOnce(b *testing.B, bin string) {
 		"--data-dir", filepath.Join(dir, "relay-data"), "--log-level", "warn")
 	manager := startProcess(b, filepath.Join(bin, "manager"), filepath.Join(dir, "manager.log"),
 		"--kubeconfig", kubeconfig, "--namespace", ops, "--relay-health-url", "http://"+admin+health.Path,
-		"--health-poll-interval", "1s", "--metrics-bind-address", "0", "--health-probe-bind-address", probes)
+		"--health-poll-interval", "1s", "--metrics-bind-address", "0", "--health-probe-bind-address", probes,
+		"--log-level", cmp.Or(os.Getenv("BENCH_MANAGER_LOG_LEVEL"), "info"))
 	waitReady(b, "http://"+admin+"/readyz")
 
 	writes := countWrites(b, ops)
@@ -106,51 +117,54 @@ func benchmarkOnce(b *testing.B, bin string) {
 	stopProcess(relay)
 }
 
-// readyTracker counts Ready subscriptions from a watch, so that waiting does not load
-// the API server with lists of 10,000 objects.
+// readyTracker counts Ready subscriptions from an informer, so that waiting does not
+// load the API server with lists of 10,000 objects.
 type readyTracker struct {
+	mu    sync.Mutex
 	ready map[string]bool
-	n     chan int
 	all   chan struct{}
 }
 
-func (r *readyTracker) count() int { return <-r.n }
+func (r *readyTracker) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.ready)
+}
+
+func (r *readyTracker) observe(obj any) {
+	sub, ok := obj.(*v1alpha1.WebhookSubscription)
+	if !ok || !isReady(sub) {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	before := len(r.ready)
+	r.ready[sub.Namespace+"/"+sub.Name] = true
+	if before < benchSubscriptions && len(r.ready) >= benchSubscriptions {
+		close(r.all)
+	}
+}
 
 func watchReady(ctx context.Context) (*readyTracker, error) {
-	wc, err := client.NewWithWatch(restConfig, client.Options{Scheme: scheme})
+	c, err := cache.New(restConfig, cache.Options{Scheme: scheme, DefaultTransform: cache.TransformStripManagedFields()})
 	if err != nil {
 		return nil, err
 	}
-	w, err := wc.Watch(ctx, &v1alpha1.WebhookSubscriptionList{})
+	informer, err := c.GetInformer(ctx, &v1alpha1.WebhookSubscription{})
 	if err != nil {
 		return nil, err
 	}
-	r := &readyTracker{ready: map[string]bool{}, n: make(chan int), all: make(chan struct{})}
-	go func() {
-		defer w.Stop()
-		closed := false
-		for {
-			select {
-			case r.n <- len(r.ready):
-				continue
-			case e, ok := <-w.ResultChan():
-				if !ok {
-					return
-				}
-				sub, isSub := e.Object.(*v1alpha1.WebhookSubscription)
-				if !isSub || e.Type == watch.Deleted {
-					continue
-				}
-				if isReady(sub) {
-					r.ready[sub.Namespace+"/"+sub.Name] = true
-				}
-				if !closed && len(r.ready) >= benchSubscriptions {
-					close(r.all)
-					closed = true
-				}
-			}
-		}
-	}()
+	r := &readyTracker{ready: map[string]bool{}, all: make(chan struct{})}
+	if _, err := informer.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc:    r.observe,
+		UpdateFunc: func(_, obj any) { r.observe(obj) },
+	}); err != nil {
+		return nil, err
+	}
+	go func() { _ = c.Start(ctx) }()
+	if !c.WaitForCacheSync(ctx) {
+		return nil, errors.New("subscription informer did not sync")
+	}
 	return r, nil
 }
 

@@ -217,7 +217,7 @@ func adminPort(ports []discoveryv1.EndpointPort) int32 {
 func seedFromStatus(c client.Reader) func(context.Context) (map[string]healthpoll.Seed, error) {
 	return func(ctx context.Context) (map[string]healthpoll.Seed, error) {
 		var subs v1alpha1.WebhookSubscriptionList
-		if err := c.List(ctx, &subs); err != nil {
+		if err := c.List(ctx, &subs, client.UnsafeDisableDeepCopy); err != nil {
 			return nil, fmt.Errorf("list subscriptions: %w", err)
 		}
 		seeds := make(map[string]healthpoll.Seed, len(subs.Items))

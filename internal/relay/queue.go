@@ -14,6 +14,23 @@ import (
 
 // Streams and consumers. The names are part of the on-disk state: changing
 // one orphans the messages stored under the old name.
+//
+// There are two durable consumers in all, fanout and deliver, however many
+// subscriptions and relay replicas there are: every replica pulls from the
+// same two, and JetStream hands each message to one of them. A consumer per
+// subscription would not scale on a cluster. NATS maintainers advise staying
+// below about 2,000 consumers, and each R3 consumer is a Raft group of its
+// own (a log on three nodes, heartbeats, elections): 10,000 subscriptions
+// would be 10,000 groups, 10,000 replicas on every node of a 3-node cluster,
+// and 10,000 pull requests per relay replica. Here the relay costs six
+// groups (four streams, two consumers) at any scale. Fairness between
+// subscriptions is the dispatcher's job instead (dispatch.go): a delivery's
+// subject and headers name its subscription, each subscription runs at most
+// its in-flight cap of attempts, the surplus is parked in memory (bounded so
+// it starts within half of AckWait) or handed back with a delay, and the
+// breaker pauses a failing endpoint. What the subscriptions do share is
+// deliver's MaxAckPending: a delivery waiting for its retry holds a slot
+// until it is due.
 const (
 	eventsStream            = "INVOLVEO_EVENTS"
 	eventsSubjectPrefix     = "involveo.events."
@@ -37,7 +54,7 @@ const (
 	// fanoutAckWait is how long an event may stay unacknowledged in fan-out
 	// before JetStream hands it out again: publishing the deliveries of one
 	// event takes milliseconds, so a long wait means the relay died.
-	fanoutAckWait = 30 * time.Second
+	fanoutAckWait = 10 * time.Second
 	// drainTimeout bounds the final flush of acknowledgements at shutdown.
 	drainTimeout = 10 * time.Second
 )
@@ -50,6 +67,13 @@ type QueueConfig struct {
 	NATSURL string
 	// Replicas is the stream replication factor on an external cluster.
 	Replicas int
+	// CredsFile, CAFile and TLSCert/TLSKey authenticate to an external
+	// JetStream: a .creds file (user JWT and seed), the CA that signed the
+	// servers' certificates, and a client certificate for mutual TLS.
+	CredsFile string
+	CAFile    string
+	TLSCert   string
+	TLSKey    string
 	// EventsMaxBytes and EventsMaxAge bound the event log; ingest answers 503
 	// when it is full rather than dropping older events.
 	EventsMaxBytes int64
@@ -89,7 +113,10 @@ type Queue struct {
 // and creates or updates the streams and consumers.
 func OpenQueue(ctx context.Context, cfg QueueConfig, log logr.Logger) (*Queue, error) {
 	q := &Queue{closed: make(chan struct{})}
-	var opts []nats.Option
+	opts, err := externalOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
 	url := cfg.NATSURL
 	if url == "" {
 		srv, err := startEmbedded(cfg.DataDir)
@@ -124,6 +151,32 @@ func OpenQueue(ctx context.Context, cfg QueueConfig, log logr.Logger) (*Queue, e
 		return nil, err
 	}
 	return q, nil
+}
+
+// externalOptions turns the credentials and TLS settings into connection
+// options. They apply to an external JetStream only: the embedded server
+// takes in-process connections and has no users.
+func externalOptions(cfg QueueConfig) ([]nats.Option, error) {
+	if cfg.NATSURL == "" {
+		if cfg.CredsFile != "" || cfg.CAFile != "" || cfg.TLSCert != "" || cfg.TLSKey != "" {
+			return nil, errors.New("NATS credentials and TLS settings need an external JetStream (--nats-url)")
+		}
+		return nil, nil
+	}
+	var opts []nats.Option
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.CAFile != "" {
+		opts = append(opts, nats.RootCAs(cfg.CAFile))
+	}
+	switch {
+	case cfg.TLSCert != "" && cfg.TLSKey != "":
+		opts = append(opts, nats.ClientCert(cfg.TLSCert, cfg.TLSKey))
+	case cfg.TLSCert != "" || cfg.TLSKey != "":
+		return nil, errors.New("a NATS client certificate needs both --nats-tls-cert and --nats-tls-key")
+	}
+	return opts, nil
 }
 
 func startEmbedded(dataDir string) (*server.Server, error) {

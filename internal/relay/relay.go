@@ -37,6 +37,9 @@ const (
 	// maxHeaderBytes is far above what the producer sends and far below
 	// Go's 1 MiB default.
 	maxHeaderBytes = 32 << 10
+	// pullHeartbeat lets a relay notice within seconds that the leader of a
+	// consumer it pulls from is gone, instead of after the 30 s default.
+	pullHeartbeat = 2 * time.Second
 	// fanoutWorkers is how many events are fanned out at once; each waits for
 	// JetStream to store its deliveries, so a few overlap those waits.
 	fanoutWorkers = 4
@@ -185,12 +188,12 @@ func (r *Relay) Run(ctx context.Context) error {
 	workCtx, stopWork := context.WithCancel(context.Background())
 	defer stopWork()
 	var wg sync.WaitGroup
-	fanoutMsgs, err := q.fanout.Messages(jetstream.PullMaxMessages(4 * fanoutWorkers))
+	fanoutMsgs, err := q.fanout.Messages(jetstream.PullMaxMessages(4*fanoutWorkers), jetstream.PullHeartbeat(pullHeartbeat))
 	if err != nil {
 		_ = ingestLn.Close()
 		return fmt.Errorf("consume events: %w", err)
 	}
-	deliverMsgs, err := q.deliver.Messages(jetstream.PullMaxMessages(2 * r.cfg.Workers))
+	deliverMsgs, err := q.deliver.Messages(jetstream.PullMaxMessages(2*r.cfg.Workers), jetstream.PullHeartbeat(pullHeartbeat))
 	if err != nil {
 		fanoutMsgs.Stop()
 		_ = ingestLn.Close()
@@ -209,9 +212,17 @@ func (r *Relay) Run(ctx context.Context) error {
 	for range r.cfg.Workers {
 		workers.Go(func() { r.worker(workCtx, work) })
 	}
-	wg.Go(func() { pump(fanoutMsgs, func(m jetstream.Msg) { events <- m }); close(events) })
+	pumpErr := make(chan error, 2)
 	wg.Go(func() {
-		pump(deliverMsgs, func(m jetstream.Msg) { r.dispatch(workCtx, m, work) })
+		if err := r.pump(fanoutMsgs, fanoutConsumer, func(m jetstream.Msg) { events <- m }); err != nil {
+			pumpErr <- err
+		}
+		close(events)
+	})
+	wg.Go(func() {
+		if err := r.pump(deliverMsgs, deliverConsumer, func(m jetstream.Msg) { r.dispatch(workCtx, m, work) }); err != nil {
+			pumpErr <- err
+		}
 		close(work)
 	})
 
@@ -221,8 +232,15 @@ func (r *Relay) Run(ctx context.Context) error {
 	r.log.Info("relay started", "listen", ingestLn.Addr().String(), "admin", adminLn.Addr().String(),
 		"instance", r.instance)
 
-	<-ctx.Done()
-	r.log.Info("shutting down")
+	var runErr error
+	select {
+	case <-ctx.Done():
+		r.log.Info("shutting down")
+	case runErr = <-pumpErr:
+		// Taking events without ever delivering them would be worse than a
+		// restart, which recreates the consumers.
+		r.log.Error(runErr, "stopped taking work from JetStream; shutting down so the relay restarts")
+	}
 	shutdownServer(r.ingestServer, ingestDone)
 	fanoutMsgs.Stop()
 	deliverMsgs.Stop()
@@ -236,17 +254,26 @@ func (r *Relay) Run(ctx context.Context) error {
 		<-finished
 	}
 	wg.Wait()
-	return nil
+	return runErr
 }
 
-// pump feeds every message of a pull subscription to handle until Stop.
-func pump(msgs jetstream.MessagesContext, handle func(jetstream.Msg)) {
+// pump feeds every message of a pull subscription to handle until Stop. A
+// missed heartbeat means the consumer's leader moved or died (a JetStream
+// node went away): the iterator pulls again from the new leader, so pumping
+// goes on. Any other error ends it.
+func (r *Relay) pump(msgs jetstream.MessagesContext, consumer string, handle func(jetstream.Msg)) error {
 	for {
 		msg, err := msgs.Next()
-		if err != nil {
-			return
+		switch {
+		case err == nil:
+			handle(msg)
+		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+			return nil
+		case errors.Is(err, jetstream.ErrNoHeartbeat):
+			r.log.Info("no heartbeat from JetStream; pulling again", "consumer", consumer)
+		default:
+			return fmt.Errorf("consume %s: %w", consumer, err)
 		}
-		handle(msg)
 	}
 }
 

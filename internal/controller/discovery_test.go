@@ -7,6 +7,7 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -180,4 +182,31 @@ func readyCount(g Gomega, namespace string) int {
 		}
 	}
 	return n
+}
+
+// TestManager_UnreferencedSecretsTriggerNothing: Secrets are watched as metadata
+// everywhere, but only one a subscription references (or the credentials Secret) is
+// worth a pass.
+func TestManager_UnreferencedSecretsTriggerNothing(t *testing.T) {
+	g := NewWithT(t)
+	s := startStack(t)
+	ep := newEndpoint(t)
+	createSecret(t, s.tenantNS, "hook", map[string]string{"api-key": unique("unreferenced")})
+	create(t, subscription(s.tenantNS, "crm", ep.URL, "hook"))
+	condition(t, s.tenantNS, "crm", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonRouteLoaded)
+	passes := func() int { return strings.Count(logs.String(), `"relay pass done" "controller"="relay" "namespace"="`+s.operatorNS+`"`) }
+	g.Eventually(passes).WithTimeout(settle).Should(BeNumerically(">", 0))
+	g.Consistently(passes).WithTimeout(5 * pollInterval).Should(Equal(passes()), "settled")
+	before := passes()
+
+	createSecret(t, s.tenantNS, "unrelated", map[string]string{"x": "y"})
+	createSecret(t, s.operatorNS, "unrelated", map[string]string{"x": "y"})
+	g.Consistently(passes).WithTimeout(5 * pollInterval).Should(Equal(before))
+
+	// The referenced one does count.
+	rotated := &corev1.Secret{}
+	g.Expect(k8s.Get(context.Background(), types.NamespacedName{Namespace: s.tenantNS, Name: "hook"}, rotated)).To(Succeed())
+	rotated.Data["api-key"] = []byte(unique("rotated"))
+	g.Expect(k8s.Update(context.Background(), rotated)).To(Succeed())
+	g.Eventually(passes).WithTimeout(settle).Should(BeNumerically(">", before))
 }

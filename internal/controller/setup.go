@@ -93,6 +93,11 @@ func (r *RelayReconciler) secretMatters(ctx context.Context, obj client.Object) 
 	if obj.GetNamespace() == r.config.Namespace && obj.GetName() == routing.CredentialsSecretName {
 		return true
 	}
+	// The operator namespace's other Secrets are watched along with the credentials
+	// Secret, but no subscription there is served unless it is watched.
+	if len(r.config.WatchNamespaces) > 0 && !slices.Contains(r.config.WatchNamespaces, obj.GetNamespace()) {
+		return false
+	}
 	var subs v1alpha1.WebhookSubscriptionList
 	err := r.client.List(ctx, &subs, client.InNamespace(obj.GetNamespace()), client.MatchingFields{secretRefIndex: obj.GetName()})
 	if err != nil {

@@ -194,9 +194,11 @@ func TestManager_UnreferencedSecretsTriggerNothing(t *testing.T) {
 	createSecret(t, s.tenantNS, "hook", map[string]string{"api-key": unique("unreferenced")})
 	create(t, subscription(s.tenantNS, "crm", ep.URL, "hook"))
 	condition(t, s.tenantNS, "crm", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonRouteLoaded)
-	passes := func() int { return strings.Count(logs.String(), `"relay pass done" "controller"="relay" "namespace"="`+s.operatorNS+`"`) }
+	passes := func() int {
+		return strings.Count(logs.String(), `"relay pass done" "controller"="relay" "namespace"="`+s.operatorNS+`"`)
+	}
 	g.Eventually(passes).WithTimeout(settle).Should(BeNumerically(">", 0))
-	g.Consistently(passes).WithTimeout(5 * pollInterval).Should(Equal(passes()), "settled")
+	g.Consistently(passes).WithTimeout(5*pollInterval).Should(Equal(passes()), "settled")
 	before := passes()
 
 	createSecret(t, s.tenantNS, "unrelated", map[string]string{"x": "y"})

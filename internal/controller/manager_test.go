@@ -293,3 +293,31 @@ func assertNoLeak(t *testing.T, s *stack, secrets ...string) {
 		}
 	}
 }
+
+// TestManager_RestartKeepsDeliveryCounts restarts the manager while the relay keeps
+// running: the counts go on from the status, neither reset nor counted twice.
+func TestManager_RestartKeepsDeliveryCounts(t *testing.T) {
+	g := NewWithT(t)
+	s := startStack(t)
+	ep := newEndpoint(t)
+	createSecret(t, s.tenantNS, "hook", map[string]string{"api-key": unique("restart")})
+	create(t, subscription(s.tenantNS, "crm", ep.URL, "hook"))
+	condition(t, s.tenantNS, "crm", v1alpha1.ConditionReady, metav1.ConditionTrue, v1alpha1.ReasonRouteLoaded)
+	succeeded := func(g Gomega) int64 {
+		d := get(g, s.tenantNS, "crm").Status.Delivery
+		g.Expect(d).NotTo(BeNil())
+		return d.Succeeded
+	}
+	for range 2 {
+		s.post(t, "task.created")
+		ep.next(t)
+	}
+	g.Eventually(succeeded).WithTimeout(settle).Should(Equal(int64(2)))
+
+	s.restartManager(t)
+	// The new manager has polled the relay (whose own count is 2) and written status.
+	g.Consistently(succeeded).WithTimeout(5 * pollInterval).Should(Equal(int64(2)))
+	s.post(t, "task.created")
+	ep.next(t)
+	g.Eventually(succeeded).WithTimeout(settle).Should(Equal(int64(3)))
+}

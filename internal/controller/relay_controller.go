@@ -67,9 +67,9 @@ type RelayReconciler struct {
 // Reconcile runs one pass. The request is always the same, so events arriving while a
 // pass runs coalesce into the next one.
 func (r *RelayReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (reconcile.Result, error) {
+	start := time.Now()
 	// The reconcile only reads the cached objects (statuses are copied before they
 	// change), so copying 10,000 of them on every pass would be waste.
-	start := time.Now()
 	var subs v1alpha1.WebhookSubscriptionList
 	if err := r.client.List(ctx, &subs, client.UnsafeDisableDeepCopy); err != nil {
 		return reconcile.Result{}, fmt.Errorf("list subscriptions: %w", err)
@@ -117,6 +117,9 @@ func (r *RelayReconciler) render(ctx context.Context, subs []v1alpha1.WebhookSub
 	if r.memo.result != nil && digest == r.memo.digest {
 		return r.memo.result, nil
 	}
+	// The old result can go before the new one is built: rendering 10,000
+	// subscriptions is the manager's largest allocation.
+	r.memo = renderMemo{}
 	res, err := render.Routes(subs, secrets)
 	if err != nil {
 		return nil, err

@@ -139,6 +139,9 @@ type stack struct {
 	// relayWaitsForRBAC: the relay's permissions come from the Role the manager
 	// creates, so its watch starts once that is bound.
 	relayWaitsForRBAC bool
+
+	managerCfg  Config
+	stopManager func()
 }
 
 type stackOption func(t *testing.T, s *stack, c *Config)
@@ -252,12 +255,25 @@ func (s *stack) startManager(t *testing.T, cfg Config) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("manager: %v", err)
-		}
-	})
+	var once sync.Once
+	s.stopManager = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("manager: %v", err)
+			}
+		})
+	}
+	t.Cleanup(s.stopManager)
+	s.managerCfg = cfg
+}
+
+// restartManager stops the manager and starts a new one, as a rollout or a crash
+// would; the relay keeps running.
+func (s *stack) restartManager(t *testing.T) {
+	t.Helper()
+	s.stopManager()
+	s.startManager(t, s.managerCfg)
 }
 
 // ingestURL waits for the relay to take events: it listens only once a routing

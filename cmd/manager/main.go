@@ -6,12 +6,10 @@ package main
 import (
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"strings"
 	"time"
 
-	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/involveo/webhook-operator/api/v1alpha1"
 	"github.com/involveo/webhook-operator/internal/controller"
+	"github.com/involveo/webhook-operator/internal/logging"
 )
 
 // leaderElectionID names the Lease replicas of the manager compete for.
@@ -56,7 +55,7 @@ func run() error {
 	flag.StringVar(&logLvl, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()
 
-	log, err := newLogger(logLvl)
+	log, err := logging.New(logLvl)
 	if err != nil {
 		return err
 	}
@@ -147,18 +146,4 @@ func splitList(s string) []string {
 		}
 	}
 	return out
-}
-
-func newLogger(level string) (logr.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return logr.Logger{}, fmt.Errorf("--log-level: %w", err)
-	}
-	// More verbose than debug would let client-go dump request bodies, among them
-	// the credentials Secret the manager writes.
-	if l < slog.LevelDebug {
-		return logr.Logger{}, fmt.Errorf("--log-level: %s is more verbose than debug, which would log Secret contents", level)
-	}
-	h := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})
-	return logr.FromSlogHandler(h), nil
 }

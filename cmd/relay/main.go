@@ -7,20 +7,19 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
 
-	"github.com/go-logr/logr"
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/involveo/webhook-operator/internal/delivery"
+	"github.com/involveo/webhook-operator/internal/logging"
 	"github.com/involveo/webhook-operator/internal/relay"
 	"github.com/involveo/webhook-operator/internal/routing"
 )
@@ -88,7 +87,7 @@ func run() error {
 	flag.Parse()
 	cfg.Queue.DeliverAckWait = deliverAckWait
 
-	log, err := newLogger(logLevel)
+	log, err := logging.New(logLevel)
 	if err != nil {
 		return err
 	}
@@ -153,13 +152,4 @@ func defaultNamespace() string {
 		return strings.TrimSpace(string(ns))
 	}
 	return "involveo-webhooks"
-}
-
-func newLogger(level string) (logr.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return logr.Logger{}, fmt.Errorf("--log-level: %w", err)
-	}
-	h := slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: l})
-	return logr.FromSlogHandler(h), nil
 }

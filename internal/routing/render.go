@@ -153,10 +153,27 @@ func canonical(t *Table) *Table {
 func renderParts(t *Table) (version, body []byte, err error) {
 	c := canonical(t)
 	version = fmt.Appendf(nil, "version: %d\n", c.Version)
-	body, err = marshalOrdered(struct {
+	type list struct {
 		Subscriptions []Subscription `json:"subscriptions"`
-	}{c.Subscriptions})
-	return version, body, err
+	}
+	if len(c.Subscriptions) == 0 {
+		body, err = marshalOrdered(list{c.Subscriptions})
+		return version, body, err
+	}
+	// One subscription at a time: encoding 10,000 at once holds the whole
+	// document's intermediate form in memory (about 90 MB in the manager),
+	// and the bytes come out the same.
+	const header = "subscriptions:\n"
+	var buf bytes.Buffer
+	buf.WriteString(header)
+	for i := range c.Subscriptions {
+		b, err := marshalOrdered(list{c.Subscriptions[i : i+1]})
+		if err != nil {
+			return nil, nil, err
+		}
+		buf.Write(bytes.TrimPrefix(b, []byte(header)))
+	}
+	return version, buf.Bytes(), nil
 }
 
 // marshalOrdered writes YAML with fields in struct order. sigs.k8s.io/yaml would sort keys

@@ -104,6 +104,9 @@ type Config struct {
 	// NATSURL is an external JetStream; empty runs the embedded server, which keeps its
 	// store on local storage and so allows one replica only.
 	NATSURL string
+	// NATSReplicas is the stream replication factor on the external JetStream;
+	// 0 leaves the relay's default (3).
+	NATSReplicas int
 	// StorageSize, with the embedded server, puts the store on a PersistentVolumeClaim
 	// of this size. Without it the store is an emptyDir: it survives container
 	// restarts but not the pod's deletion or rescheduling, which loses pending retries
@@ -267,6 +270,9 @@ func container(cfg Config) *corev1ac.ContainerApplyConfiguration {
 	} else {
 		// Each replica enforces its share of a subscription's rate limit.
 		args = append(args, "--nats-url="+cfg.NATSURL, fmt.Sprintf("--replicas=%d", cfg.EffectiveReplicas()))
+		if cfg.NATSReplicas > 0 {
+			args = append(args, fmt.Sprintf("--nats-replicas=%d", cfg.NATSReplicas))
+		}
 	}
 	probe := func(path string, period, failures int32) *corev1ac.ProbeApplyConfiguration {
 		return corev1ac.Probe().

@@ -55,6 +55,11 @@ const (
 	// before JetStream hands it out again: publishing the deliveries of one
 	// event takes milliseconds, so a long wait means the relay died.
 	fanoutAckWait = 10 * time.Second
+	// declareTimeout bounds the start-up wait for a JetStream that cannot yet
+	// create streams (a cluster still electing its leaders).
+	declareTimeout = 2 * time.Minute
+	// declareRetryDelay spaces those attempts.
+	declareRetryDelay = time.Second
 	// drainTimeout bounds the final flush of acknowledgements at shutdown.
 	drainTimeout = 10 * time.Second
 )
@@ -146,11 +151,30 @@ func OpenQueue(ctx context.Context, cfg QueueConfig, log logr.Logger) (*Queue, e
 		q.Close()
 		return nil, fmt.Errorf("open JetStream: %w", err)
 	}
-	if err := q.declare(ctx, cfg); err != nil {
+	if err := q.declareWithRetry(ctx, cfg, log); err != nil {
 		q.Close()
 		return nil, err
 	}
 	return q, nil
+}
+
+// declareWithRetry declares the streams and consumers, retrying while a
+// JetStream cluster is still electing leaders or busy: relays and NATS pods
+// often start together, and a relay that gave up at once would crash-loop.
+func (q *Queue) declareWithRetry(ctx context.Context, cfg QueueConfig, log logr.Logger) error {
+	deadline := time.Now().Add(declareTimeout)
+	for {
+		err := q.declare(ctx, cfg)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		log.Info("JetStream not ready to declare the streams; retrying", "error", err.Error())
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(declareRetryDelay):
+		}
+	}
 }
 
 // externalOptions turns the credentials and TLS settings into connection

@@ -99,7 +99,9 @@ func (a *accumulator) observe(reports []health.Report, now time.Time) {
 		for _, s := range r.Subscriptions {
 			t := a.total(s.ID)
 			prev, seen := inst.last[s.ID]
-			if !seen && t.seededAttempt != nil && r.StartTime.Before(*t.seededAttempt) {
+			// Status times are whole seconds: an instance that started within the
+			// second of the seeded attempt may have made it, so it counts as seen.
+			if !seen && t.seededAttempt != nil && !r.StartTime.Truncate(time.Second).After(*t.seededAttempt) {
 				// The previous manager wrote this instance's figures into the status we
 				// seeded from; counting them again would inflate the totals.
 				prev = s

@@ -55,6 +55,11 @@ func TestAccumulator_Totals(t *testing.T) {
 				{report("i2", 100, health.Subscription{Succeeded: 1})},
 			},
 			want: [5]int64{8, 2, 1, 0, 0}},
+		{name: "does not count again an instance that started within the second of the seeded attempt",
+			seed: &v1alpha1.DeliveryStatus{Succeeded: 2, LastAttemptTime: &metav1.Time{Time: *at(10)}, LastSuccessTime: &metav1.Time{Time: *at(10)}},
+			rounds: [][]health.Report{{{Instance: "i1", StartTime: at(10).Add(700 * time.Millisecond), Loaded: true,
+				Subscriptions: []health.Subscription{{ID: "ns/a", Succeeded: 2, LastAttemptTime: at(10), LastSuccessTime: at(10)}}}}},
+			want: [5]int64{2, 0, 0, 0, 0}, wantSucceeded: true},
 		{name: "sums replicas",
 			rounds: [][]health.Report{{
 				report("i1", 0, health.Subscription{Succeeded: 2, PendingRetries: 1}),

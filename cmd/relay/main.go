@@ -11,7 +11,6 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"golang.org/x/sync/errgroup"
 	"k8s.io/client-go/kubernetes"
@@ -36,24 +35,23 @@ type source interface {
 }
 
 func run() error {
+	cfg := relay.DefaultConfig()
 	var (
-		cfg            relay.Config
-		configFile     string
-		credentials    string
-		kubeconfig     string
-		namespace      string
-		routesCM       string
-		credsSecret    string
-		tokenFile      string
-		allowCIDRs     string
-		logLevel       string
-		deliverAckWait time.Duration
+		configFile  string
+		credentials string
+		kubeconfig  string
+		namespace   string
+		routesCM    string
+		credsSecret string
+		tokenFile   string
+		allowCIDRs  string
+		logLevel    string
 	)
-	flag.StringVar(&cfg.Listen, "listen", ":8080", "address for event ingest (POST /v1/events)")
-	flag.StringVar(&cfg.AdminListen, "admin-listen", ":9090", "address for /healthz, /readyz, /metrics and /v1/subscriptions")
+	flag.StringVar(&cfg.Listen, "listen", cfg.Listen, "address for event ingest (POST /v1/events)")
+	flag.StringVar(&cfg.AdminListen, "admin-listen", cfg.AdminListen, "address for /healthz, /readyz, /metrics and /v1/subscriptions")
 	flag.StringVar(&cfg.Queue.DataDir, "data-dir", "", "JetStream file storage of the embedded NATS server")
 	flag.StringVar(&cfg.Queue.NATSURL, "nats-url", "", "external JetStream URL; no embedded server is started then")
-	flag.IntVar(&cfg.Queue.Replicas, "nats-replicas", 3, "stream and consumer replicas on an external JetStream cluster (the embedded server always uses 1)")
+	flag.IntVar(&cfg.Queue.Replicas, "nats-replicas", cfg.Queue.Replicas, "stream and consumer replicas on an external JetStream cluster (the embedded server always uses 1)")
 	flag.StringVar(&cfg.Queue.CredsFile, "nats-creds", "", "with --nats-url: NATS credentials file (user JWT and seed)")
 	flag.StringVar(&cfg.Queue.CAFile, "nats-ca", "", "with --nats-url: CA certificates (PEM) that signed the NATS servers' certificates")
 	flag.StringVar(&cfg.Queue.TLSCert, "nats-tls-cert", "", "with --nats-url: client certificate (PEM) for mutual TLS; needs --nats-tls-key")
@@ -66,26 +64,25 @@ func run() error {
 	flag.StringVar(&credsSecret, "credentials-secret", routing.CredentialsSecretName, "name of the credentials Secret")
 	flag.StringVar(&tokenFile, "ingest-token-file", "", "file holding the bearer token ingest requires; no token when empty")
 	flag.StringVar(&allowCIDRs, "allow-destination-cidrs", "", "comma-separated CIDRs deliveries may reach although private, loopback or link-local")
-	flag.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", relay.DefaultMaxBodyBytes, "largest event accepted on ingest")
-	flag.IntVar(&cfg.Workers, "workers", 128, "concurrent delivery attempts")
-	flag.IntVar(&cfg.MaxInFlightPerSubscription, "max-in-flight-per-subscription", 16, "concurrent attempts a subscription may run unless its route sets maxInFlight")
-	flag.IntVar(&cfg.Replicas, "replicas", 1, "relay replicas sharing the work; per-subscription rate limits are divided by it")
-	flag.Int64Var(&cfg.Queue.EventsMaxBytes, "events-max-bytes", 1<<30, "event log size limit; ingest answers 503 when full")
-	flag.DurationVar(&cfg.Queue.EventsMaxAge, "events-max-age", 7*24*time.Hour, "how long events are kept in the event log")
-	flag.DurationVar(&cfg.Queue.IdempotencyWindow, "idempotency-window", time.Hour, "how long an Idempotency-Key is remembered")
-	flag.Int64Var(&cfg.Queue.DeliveriesMaxBytes, "deliveries-max-bytes", 4<<30, "pending deliveries size limit")
-	flag.Int64Var(&cfg.Queue.DeadLettersMaxBytes, "dead-letters-max-bytes", 1<<30, "dead-letter stream size limit (oldest dropped first)")
-	flag.DurationVar(&cfg.Queue.DeadLettersMaxAge, "dead-letters-max-age", 30*24*time.Hour, "how long dead letters are kept")
-	flag.DurationVar(&deliverAckWait, "deliver-ack-wait", relay.DefaultDeliverAckWait, "how long an attempt may hold a delivery before another relay takes it over; must exceed the longest endpoint timeout (5m)")
-	flag.IntVar(&cfg.Queue.MaxAckPending, "max-ack-pending", relay.DefaultMaxAckPending, "deliveries handed out and not yet settled, per consumer")
-	flag.Int64Var(&cfg.Queue.AttemptLogSize, "attempt-log-size", 200, "delivery attempts kept per subscription in the delivery log")
-	flag.IntVar(&cfg.Breaker.AfterDeadLetters, "pause-after-dead-letters", 500, "pause an endpoint after this many dead letters in a row (0: never)")
-	flag.DurationVar(&cfg.Breaker.AfterFailing, "pause-after-failing", 5*24*time.Hour, "pause an endpoint that has not succeeded for this long (0: never)")
-	flag.DurationVar(&cfg.Breaker.ProbeEvery, "pause-probe-interval", 10*time.Minute, "how often one held delivery tests a paused endpoint")
-	flag.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 25*time.Second, "wait for running attempts at shutdown before handing them back")
+	flag.Int64Var(&cfg.MaxBodyBytes, "max-body-bytes", cfg.MaxBodyBytes, "largest event accepted on ingest")
+	flag.IntVar(&cfg.Workers, "workers", cfg.Workers, "concurrent delivery attempts")
+	flag.IntVar(&cfg.MaxInFlightPerSubscription, "max-in-flight-per-subscription", cfg.MaxInFlightPerSubscription, "concurrent attempts a subscription may run unless its route sets maxInFlight")
+	flag.IntVar(&cfg.Replicas, "replicas", cfg.Replicas, "relay replicas sharing the work; per-subscription rate limits are divided by it")
+	flag.Int64Var(&cfg.Queue.EventsMaxBytes, "events-max-bytes", cfg.Queue.EventsMaxBytes, "event log size limit; ingest answers 503 when full")
+	flag.DurationVar(&cfg.Queue.EventsMaxAge, "events-max-age", cfg.Queue.EventsMaxAge, "how long events are kept in the event log")
+	flag.DurationVar(&cfg.Queue.IdempotencyWindow, "idempotency-window", cfg.Queue.IdempotencyWindow, "how long an Idempotency-Key is remembered")
+	flag.Int64Var(&cfg.Queue.DeliveriesMaxBytes, "deliveries-max-bytes", cfg.Queue.DeliveriesMaxBytes, "pending deliveries size limit")
+	flag.Int64Var(&cfg.Queue.DeadLettersMaxBytes, "dead-letters-max-bytes", cfg.Queue.DeadLettersMaxBytes, "dead-letter stream size limit (oldest dropped first)")
+	flag.DurationVar(&cfg.Queue.DeadLettersMaxAge, "dead-letters-max-age", cfg.Queue.DeadLettersMaxAge, "how long dead letters are kept")
+	flag.DurationVar(&cfg.Queue.DeliverAckWait, "deliver-ack-wait", cfg.Queue.DeliverAckWait, "how long an attempt may hold a delivery before another relay takes it over; must exceed the longest endpoint timeout (5m)")
+	flag.IntVar(&cfg.Queue.MaxAckPending, "max-ack-pending", cfg.Queue.MaxAckPending, "deliveries handed out and not yet settled, per consumer")
+	flag.Int64Var(&cfg.Queue.AttemptLogSize, "attempt-log-size", cfg.Queue.AttemptLogSize, "delivery attempts kept per subscription in the delivery log")
+	flag.IntVar(&cfg.Breaker.AfterDeadLetters, "pause-after-dead-letters", cfg.Breaker.AfterDeadLetters, "pause an endpoint after this many dead letters in a row (0: never)")
+	flag.DurationVar(&cfg.Breaker.AfterFailing, "pause-after-failing", cfg.Breaker.AfterFailing, "pause an endpoint that has not succeeded for this long (0: never)")
+	flag.DurationVar(&cfg.Breaker.ProbeEvery, "pause-probe-interval", cfg.Breaker.ProbeEvery, "how often one held delivery tests a paused endpoint")
+	flag.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", cfg.ShutdownTimeout, "wait for running attempts at shutdown before handing them back")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.Parse()
-	cfg.Queue.DeliverAckWait = deliverAckWait
 
 	log, err := logging.New(logLevel)
 	if err != nil {

@@ -55,6 +55,33 @@ const (
 	DefaultMaxAckPending = 20000
 )
 
+// DefaultConfig is the configuration of cmd/relay with every flag at its
+// default; tests start from it too, so they run what production runs.
+func DefaultConfig() Config {
+	return Config{
+		Listen:                     ":8080",
+		AdminListen:                ":9090",
+		MaxBodyBytes:               DefaultMaxBodyBytes,
+		Workers:                    128,
+		MaxInFlightPerSubscription: 16,
+		Replicas:                   1,
+		ShutdownTimeout:            25 * time.Second,
+		Breaker:                    BreakerConfig{AfterDeadLetters: 500, AfterFailing: 5 * 24 * time.Hour, ProbeEvery: 10 * time.Minute},
+		Queue: QueueConfig{
+			Replicas:            3,
+			EventsMaxBytes:      1 << 30,
+			EventsMaxAge:        7 * 24 * time.Hour,
+			IdempotencyWindow:   time.Hour,
+			DeliveriesMaxBytes:  4 << 30,
+			DeadLettersMaxBytes: 1 << 30,
+			DeadLettersMaxAge:   30 * 24 * time.Hour,
+			DeliverAckWait:      DefaultDeliverAckWait,
+			MaxAckPending:       DefaultMaxAckPending,
+			AttemptLogSize:      200,
+		},
+	}
+}
+
 // Config is the relay's configuration; cmd/relay fills it from flags.
 type Config struct {
 	Listen      string

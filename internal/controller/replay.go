@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -43,6 +44,11 @@ func (r *RelayReconciler) replay(ctx context.Context, sub *v1alpha1.WebhookSubsc
 	bases, err := r.health.RelayURLs(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("find relays: %w", err)
+	}
+	if len(bases) == 0 {
+		// During a rollout there may be no relay to ask; recording the
+		// request as done would lose it.
+		return nil, errors.New("no relay to ask for the redelivery yet")
 	}
 	q := url.Values{}
 	if since != nil {

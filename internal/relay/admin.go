@@ -18,6 +18,10 @@ import (
 // subscriptionOf returns the subscription id of a per-subscription admin
 // request, answering 404 itself for one the routing table does not hold.
 func (r *Relay) subscriptionOf(w http.ResponseWriter, req *http.Request) (string, bool) {
+	if !r.queueReady.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, errorResponse{Error: "the relay is still opening its queue"})
+		return "", false
+	}
 	id := req.PathValue("namespace") + "/" + req.PathValue("name")
 	if _, ok := r.routes.Load().Get(id); !ok {
 		writeJSON(w, http.StatusNotFound, errorResponse{Error: "subscription " + id + " is not in the loaded routing table"})

@@ -36,10 +36,10 @@ func (c relayCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, id := range c.r.breaker.pausedIDs() {
 		ch <- prometheus.MustNewConstMetric(pausedDesc, prometheus.GaugeValue, 1, id)
 	}
-	q := c.r.queue
-	if q == nil || !q.Connected() {
+	if !c.r.queueReady.Load() || !c.r.queue.Connected() {
 		return
 	}
+	q := c.r.queue
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
 	for _, name := range []string{eventsStream, deliveriesStream, deadLettersStream, attemptsStream} {

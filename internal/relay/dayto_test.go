@@ -175,3 +175,28 @@ func TestTestEvent_IsDeliveredNowAndMarked(t *testing.T) {
 		t.Error("the test delivery lacks the subscription's key")
 	}
 }
+
+func TestDeadLetters_ARedeliveredDeadLetterThatFailsAgainIsDeadLetteredAgain(t *testing.T) {
+	ep := newEndpoint(t, http.StatusServiceUnavailable)
+	tr := startRelay(t, table(routeYAML("ns/crm", ep.URL, `["*"]`, "    retry: {maxRetries: 1, interval: 1s}\n")), allowLoopback)
+	tr.mustPost(t, seedEvent(t, "task.created"))
+	ep.next(t, 10*time.Second)
+	ep.next(t, 10*time.Second)
+	eventually(t, 10*time.Second, "the first dead letter", func() bool { return subHealth(t, tr.Relay, "ns/crm").DeadLettered == 1 })
+
+	// The replay's attempts reuse the delivery id; their follow-ups must not
+	// be taken for duplicates of the first run's, still in JetStream's window.
+	var res health.RedeliverResult
+	adminJSON(t, "POST", tr.subURL(health.RedeliverPath), &res)
+	if res.Replayed != 1 {
+		t.Fatalf("replayed %d", res.Replayed)
+	}
+	ep.next(t, 10*time.Second)
+	ep.next(t, 10*time.Second)
+	eventually(t, 10*time.Second, "the second dead letter", func() bool { return subHealth(t, tr.Relay, "ns/crm").DeadLettered == 2 })
+	var page health.Page[health.DeadLetter]
+	adminJSON(t, "GET", tr.subURL(health.DeadLettersPath), &page)
+	if len(page.Items) != 1 || page.Items[0].Attempts != 2 {
+		t.Fatalf("dead letters after the failed replay = %+v, want the delivery back with its attempts", page.Items)
+	}
+}

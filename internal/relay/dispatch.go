@@ -37,6 +37,18 @@ type pendingDelivery struct {
 	eventType      string
 	attempt        int
 	notBefore      time.Time
+	// replay is the dead-letter sequence this delivery was redelivered from,
+	// empty on its first run.
+	replay string
+}
+
+// msgID names one follow-up of the delivery (an attempt number or "dead"),
+// distinct per redelivery run.
+func (d *pendingDelivery) msgID(step string) string {
+	if d.replay != "" {
+		return d.deliveryID + "/r" + d.replay + "/" + step
+	}
+	return d.deliveryID + "/" + step
 }
 
 func parseDelivery(msg jetstream.Msg) (*pendingDelivery, error) {
@@ -47,6 +59,7 @@ func parseDelivery(msg jetstream.Msg) (*pendingDelivery, error) {
 		deliveryID:     h.Get(hdrDeliveryID),
 		eventID:        h.Get(hdrEventID),
 		eventType:      h.Get(hdrEventType),
+		replay:         h.Get(hdrReplay),
 	}
 	if d.subscriptionID == "" || d.deliveryID == "" || d.eventType == "" {
 		return nil, errors.New("delivery without subscription, id or event type headers")
@@ -71,11 +84,12 @@ func parseDelivery(msg jetstream.Msg) (*pendingDelivery, error) {
 // a busy but healthy endpoint would otherwise see its backlog bounce
 // between the relay and the store.
 type inflight struct {
-	mu      sync.Mutex
-	limit   int
-	ackWait time.Duration
-	n       map[string]int
-	parked  map[string][]*pendingDelivery
+	mu       sync.Mutex
+	limit    int
+	ackWait  time.Duration
+	replicas int
+	n        map[string]int
+	parked   map[string][]*pendingDelivery
 }
 
 // parkLimit bounds the parked deliveries of a route so that the last one
@@ -86,7 +100,10 @@ type inflight struct {
 func (f *inflight) parkLimit(route *routing.Route) int {
 	n := f.limitOf(route) * max(1, int(f.ackWait/(2*max(route.Timeout, time.Second))))
 	if route.RatePerSecond > 0 {
-		n = min(n, max(1, int(route.RatePerSecond*(f.ackWait/2).Seconds())))
+		// This relay's share of the rate, less the running slots that wait
+		// for tokens too.
+		perRelay := route.RatePerSecond / float64(max(f.replicas, 1))
+		n = min(n, max(1, int(perRelay*(f.ackWait/2).Seconds())-f.limitOf(route)))
 	}
 	return n
 }
@@ -160,7 +177,7 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg, work chan<- *pe
 		return
 	}
 	if wait := time.Until(d.notBefore); wait > 0 {
-		r.stats.waiting(d.deliveryID, d.subscriptionID)
+		r.stats.waiting(d.deliveryID, d.subscriptionID, d.notBefore.Add(r.cfg.Queue.DeliverAckWait))
 		_ = msg.NakWithDelay(wait)
 		return
 	}
@@ -274,11 +291,10 @@ func (r *Relay) retry(d *pendingDelivery, route *routing.Route, res delivery.Res
 	next := r.followUp(d, deliveriesSubjectPrefix+subscriptionToken(route.ID), res)
 	next.Header.Set(hdrAttempt, strconv.Itoa(d.attempt+1))
 	next.Header.Set(hdrNotBefore, due.UTC().Format(time.RFC3339Nano))
-	msgID := d.deliveryID + "/" + strconv.Itoa(d.attempt+1)
-	if !r.publishThenAck(d, next, msgID) {
+	if !r.publishThenAck(d, next, d.msgID(strconv.Itoa(d.attempt+1))) {
 		return
 	}
-	r.stats.waiting(d.deliveryID, route.ID)
+	r.stats.waiting(d.deliveryID, route.ID, due.Add(r.cfg.Queue.DeliverAckWait))
 }
 
 // deadLetter records the delivery with its last error after the final
@@ -286,7 +302,7 @@ func (r *Relay) retry(d *pendingDelivery, route *routing.Route, res delivery.Res
 func (r *Relay) deadLetter(d *pendingDelivery, route *routing.Route, res delivery.Result) {
 	dead := r.followUp(d, deadLetterSubjectPrefix+subscriptionToken(route.ID), res)
 	dead.Header.Set(hdrAttempt, strconv.Itoa(d.attempt))
-	if !r.publishThenAck(d, dead, d.deliveryID+"/dead") {
+	if !r.publishThenAck(d, dead, d.msgID("dead")) {
 		return
 	}
 	r.stats.settled(d.deliveryID)
@@ -304,6 +320,9 @@ func (r *Relay) followUp(d *pendingDelivery, subject string, res delivery.Result
 	m.Header.Set(hdrEventType, d.eventType)
 	m.Header.Set(hdrSubscription, d.subscriptionID)
 	m.Header.Set(hdrDeliveryID, d.deliveryID)
+	if d.replay != "" {
+		m.Header.Set(hdrReplay, d.replay)
+	}
 	m.Header.Set(hdrLastError, res.Reason)
 	if res.StatusCode != 0 {
 		m.Header.Set(hdrLastStatus, strconv.Itoa(res.StatusCode))

@@ -59,6 +59,8 @@ func (r *Relay) fanout(ctx context.Context, msg jetstream.Msg) {
 				return
 			}
 			futures = futures[:0]
+			// A fan-out to thousands of routes may outlast AckWait.
+			_ = msg.InProgress()
 		}
 		d := &nats.Msg{
 			Subject: deliveriesSubjectPrefix + subscriptionToken(route.ID),

@@ -46,6 +46,10 @@ const (
 	hdrNotBefore    = "Involveo-Not-Before"
 	hdrLastError    = "Involveo-Last-Error"
 	hdrLastStatus   = "Involveo-Last-Status"
+	// hdrReplay marks a redelivered dead letter (its dead-letter sequence):
+	// its attempts start over, so their message ids must differ from the
+	// first run's, which may still be in JetStream's duplicate window.
+	hdrReplay = "Involveo-Replay"
 )
 
 type ingestResponse struct {

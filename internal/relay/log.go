@@ -147,6 +147,7 @@ func (r *Relay) redeliver(ctx context.Context, subID string, since time.Time) (i
 			next.Header.Set(h, m.Header.Get(h))
 		}
 		next.Header.Set(hdrAttempt, "1")
+		next.Header.Set(hdrReplay, strconv.FormatUint(m.Sequence, 10))
 		// One message id per dead letter: a repeated request cannot enqueue
 		// it twice, even if the deletion below did not happen.
 		msgID := m.Header.Get(hdrDeliveryID) + "/replay-" + strconv.FormatUint(m.Sequence, 10)

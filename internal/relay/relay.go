@@ -120,7 +120,10 @@ type Relay struct {
 	limiters *limiters
 	breaker  *breaker
 	routes   atomic.Pointer[routing.Routes]
-	loaded   atomic.Bool
+	// queueReady is set once queue is assigned; the admin server runs before
+	// that and must not touch the queue until it is.
+	queueReady atomic.Bool
+	loaded     atomic.Bool
 	// firstLoad is closed by the first SetRoutes.
 	firstLoad     chan struct{}
 	firstLoadOnce sync.Once
@@ -139,7 +142,7 @@ func New(cfg Config) *Relay {
 		cfg:   cfg,
 		log:   cfg.Log,
 		stats: newStats(),
-		inflight: &inflight{limit: cfg.MaxInFlightPerSubscription, ackWait: cfg.Queue.DeliverAckWait,
+		inflight: &inflight{limit: cfg.MaxInFlightPerSubscription, ackWait: cfg.Queue.DeliverAckWait, replicas: cfg.Replicas,
 			n: map[string]int{}, parked: map[string][]*pendingDelivery{}},
 		limiters:   newLimiters(cfg.Replicas),
 		breaker:    newBreaker(cfg.Breaker),
@@ -205,6 +208,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		return fmt.Errorf("open queue: %w", err)
 	}
 	r.queue = q
+	r.queueReady.Store(true)
 	defer q.Close()
 
 	if err := r.waitForRoutes(ctx); err != nil {
@@ -269,8 +273,10 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.log.Error(runErr, "stopped taking work from JetStream; shutting down so the relay restarts")
 	}
 	shutdownServer(r.ingestServer, ingestDone)
-	fanoutMsgs.Stop()
-	deliverMsgs.Stop()
+	// Drain, not Stop: messages already pulled are still handed to the
+	// workers (or handed back), instead of waiting out their AckWait.
+	fanoutMsgs.Drain()
+	deliverMsgs.Drain()
 	finished := make(chan struct{})
 	go func() { workers.Wait(); close(finished) }()
 	select {
@@ -331,7 +337,7 @@ func (r *Relay) adminHandler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		switch {
-		case r.queue == nil || !r.queue.Connected():
+		case !r.queueReady.Load() || !r.queue.Connected():
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "queue not connected"})
 		case !r.loaded.Load():
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "no routing table loaded"})

@@ -14,11 +14,19 @@ import (
 type stats struct {
 	mu      sync.Mutex
 	subs    map[string]*health.Subscription
-	pending map[string]string // delivery id → subscription id
+	pending map[string]waitingDelivery // by delivery id
+}
+
+// waitingDelivery is a delivery this relay saw waiting for its retry. Another
+// replica may take the retry, so the entry expires (due time + AckWait) rather
+// than waiting for a settlement this relay may never see.
+type waitingDelivery struct {
+	subscription string
+	expires      time.Time
 }
 
 func newStats() *stats {
-	return &stats{subs: map[string]*health.Subscription{}, pending: map[string]string{}}
+	return &stats{subs: map[string]*health.Subscription{}, pending: map[string]waitingDelivery{}}
 }
 
 // sub returns the figures of id; the caller holds mu.
@@ -73,10 +81,19 @@ func (s *stats) cancelled(subID string) {
 
 // waiting marks a delivery as waiting for a retry. It is idempotent because a
 // waiting delivery is seen again each time JetStream hands it out early.
-func (s *stats) waiting(deliveryID, subID string) {
+func (s *stats) waiting(deliveryID, subID string, expires time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.pending[deliveryID] = subID
+	s.pending[deliveryID] = waitingDelivery{subscription: subID, expires: expires}
+}
+
+// prune drops expired entries; the caller holds mu.
+func (s *stats) prune(now time.Time) {
+	for id, w := range s.pending {
+		if now.After(w.expires) {
+			delete(s.pending, id)
+		}
+	}
 }
 
 // settled removes a delivery from the waiting set.
@@ -90,6 +107,7 @@ func (s *stats) settled(deliveryID string) {
 func (s *stats) pendingTotal() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.prune(time.Now())
 	return len(s.pending)
 }
 
@@ -97,9 +115,10 @@ func (s *stats) pendingTotal() int {
 func (s *stats) report(routes *routing.Routes) []health.Subscription {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.prune(time.Now())
 	pending := map[string]int64{}
-	for _, sub := range s.pending {
-		pending[sub]++
+	for _, w := range s.pending {
+		pending[w.subscription]++
 	}
 	out := make([]health.Subscription, 0, routes.Len())
 	for _, r := range routes.All() {

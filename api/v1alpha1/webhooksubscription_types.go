@@ -253,7 +253,14 @@ type ReplayStatus struct {
 	// +optional
 	Replayed int64 `json:"replayed,omitempty"`
 
-	// completedTime is when the relay re-enqueued them.
+	// startedTime is when the manager first asked the relays. A retried
+	// request replays only dead letters from before it, so nothing that died
+	// again since is replayed twice.
+	// +optional
+	StartedTime *metav1.Time `json:"startedTime,omitempty"`
+
+	// completedTime is when the relays re-enqueued them; unset while the
+	// request is still being retried.
 	// +optional
 	CompletedTime *metav1.Time `json:"completedTime,omitempty"`
 }

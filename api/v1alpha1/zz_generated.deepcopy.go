@@ -160,6 +160,10 @@ func (in *ReplayStatus) DeepCopyInto(out *ReplayStatus) {
 		in, out := &in.Since, &out.Since
 		*out = (*in).DeepCopy()
 	}
+	if in.StartedTime != nil {
+		in, out := &in.StartedTime, &out.StartedTime
+		*out = (*in).DeepCopy()
+	}
 	if in.CompletedTime != nil {
 		in, out := &in.CompletedTime, &out.CompletedTime
 		*out = (*in).DeepCopy()

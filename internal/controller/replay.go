@@ -23,7 +23,7 @@ import (
 // the value): re-applying the same manifest replays nothing.
 func replayRequest(sub *v1alpha1.WebhookSubscription) (value string, since *metav1.Time, err error) {
 	value = sub.Annotations[v1alpha1.AnnotationRedeliver]
-	if value == "" || (sub.Status.Replay != nil && sub.Status.Replay.Requested == value) {
+	if r := sub.Status.Replay; value == "" || (r != nil && r.Requested == value && r.CompletedTime != nil) {
 		return "", nil, nil
 	}
 	if raw := sub.Annotations[v1alpha1.AnnotationRedeliverSince]; raw != "" {
@@ -40,7 +40,7 @@ func replayRequest(sub *v1alpha1.WebhookSubscription) (value string, since *meta
 // resume the endpoint if paused. Dead letters live in the shared stream, so
 // one relay replays them and the others find none; every relay resumes its own
 // breaker.
-func (r *RelayReconciler) replay(ctx context.Context, sub *v1alpha1.WebhookSubscription, value string, since *metav1.Time) (*v1alpha1.ReplayStatus, error) {
+func (r *RelayReconciler) replay(ctx context.Context, sub *v1alpha1.WebhookSubscription, value string, since, started *metav1.Time) (*v1alpha1.ReplayStatus, error) {
 	bases, err := r.health.RelayURLs(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("find relays: %w", err)
@@ -50,7 +50,9 @@ func (r *RelayReconciler) replay(ctx context.Context, sub *v1alpha1.WebhookSubsc
 		// request as done would lose it.
 		return nil, errors.New("no relay to ask for the redelivery yet")
 	}
-	q := url.Values{}
+	// started is stored in whole seconds; the bound is the end of that second
+	// so a dead letter from just before the request is included.
+	q := url.Values{"until": {started.Add(time.Second).UTC().Format(time.RFC3339Nano)}}
 	if since != nil {
 		q.Set("since", since.UTC().Format(time.RFC3339))
 	}
@@ -63,7 +65,7 @@ func (r *RelayReconciler) replay(ctx context.Context, sub *v1alpha1.WebhookSubsc
 		}
 		total += n
 	}
-	return &v1alpha1.ReplayStatus{Requested: value, Since: since, Replayed: total,
+	return &v1alpha1.ReplayStatus{Requested: value, Since: since, Replayed: total, StartedTime: started,
 		CompletedTime: &metav1.Time{Time: time.Now().UTC().Truncate(time.Second)}}, nil
 }
 
@@ -105,9 +107,16 @@ func (r *RelayReconciler) serveReplay(ctx context.Context, sub *v1alpha1.Webhook
 	if !meta.IsStatusConditionTrue(want.Conditions, v1alpha1.ConditionReady) {
 		return true
 	}
-	done, err := r.replay(ctx, sub, value, since)
+	// A retried request keeps its first start time (whole seconds, as status
+	// stores it), so relays that already replayed find nothing new to replay.
+	started := &metav1.Time{Time: time.Now().UTC().Truncate(time.Second)}
+	if r := sub.Status.Replay; r != nil && r.Requested == value && r.StartedTime != nil {
+		started = r.StartedTime
+	}
+	done, err := r.replay(ctx, sub, value, since, started)
 	if err != nil {
 		log.Error(err, "redeliver dead letters", "subscription", sub.Namespace+"/"+sub.Name)
+		want.Replay = &v1alpha1.ReplayStatus{Requested: value, Since: since, StartedTime: started}
 		return true
 	}
 	want.Replay = done

@@ -13,7 +13,8 @@ const (
 	// DeadLettersPath lists dead letters, oldest first.
 	DeadLettersPath = "/v1/subscriptions/{namespace}/{name}/deadletters"
 	// RedeliverPath (POST) re-enqueues dead letters with a fresh retry budget
-	// and resumes a paused endpoint. Query: since (RFC 3339, optional).
+	// and resumes a paused endpoint. Query: since and until (RFC 3339,
+	// optional) bound the dead letters' times.
 	RedeliverPath = "/v1/subscriptions/{namespace}/{name}/redeliver"
 	// TestPath (POST) delivers a test task.created, marked as a test, now.
 	TestPath = "/v1/subscriptions/{namespace}/{name}/test"

@@ -198,7 +198,7 @@ func waitForReplay(ctx context.Context, client dynamic.ResourceInterface, name, 
 			return replayStatus{}, err
 		}
 		r, ok := replayOf(u)
-		if ok && r.requested == requested {
+		if ok && r.requested == requested && r.completedTime != "" {
 			return r, nil
 		}
 		if !time.Now().Before(deadline) {

@@ -79,15 +79,17 @@ func (r *Relay) handleRedeliver(w http.ResponseWriter, req *http.Request) {
 	if !ok {
 		return
 	}
-	var since time.Time
-	if v := req.URL.Query().Get("since"); v != "" {
-		var err error
-		if since, err = time.Parse(time.RFC3339, v); err != nil {
-			writeJSON(w, http.StatusBadRequest, errorResponse{Error: "since must be an RFC 3339 time", Field: "since"})
-			return
+	var bounds [2]time.Time
+	for i, name := range []string{"since", "until"} {
+		if v := req.URL.Query().Get(name); v != "" {
+			var err error
+			if bounds[i], err = time.Parse(time.RFC3339Nano, v); err != nil {
+				writeJSON(w, http.StatusBadRequest, errorResponse{Error: name + " must be an RFC 3339 time", Field: name})
+				return
+			}
 		}
 	}
-	n, err := r.redeliver(req.Context(), id, since)
+	n, err := r.redeliver(req.Context(), id, bounds[0], bounds[1])
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, errorResponse{Error: err.Error()})
 		return

@@ -61,6 +61,11 @@ func TestDeadLetters_ListedThenRedeliveredExactlyOnce(t *testing.T) {
 
 	ep.setStatus(http.StatusOK)
 	var res health.RedeliverResult
+	// until bounds a retried request to dead letters from before its first try.
+	before := page.Items[0].Time.Add(-time.Second).Format(time.RFC3339Nano)
+	if adminJSON(t, "POST", tr.subURL(health.RedeliverPath)+"?until="+before, &res); res.Replayed != 0 {
+		t.Fatalf("redeliver until %s replayed %d", before, res.Replayed)
+	}
 	if code := adminJSON(t, "POST", tr.subURL(health.RedeliverPath), &res); code != 200 || res.Replayed != n {
 		t.Fatalf("redeliver answered %d %+v, want %d replayed", code, res, n)
 	}

@@ -122,10 +122,10 @@ func (r *Relay) scan(ctx context.Context, streamName, subject string, from uint6
 }
 
 // redeliver re-enqueues a subscription's dead letters (those stored at or
-// after since, when set) as first attempts with a fresh retry budget, then
+// after since and before until, when set) as first attempts with a fresh retry budget, then
 // removes them from the dead-letter stream. It also resumes a paused
 // endpoint: asking for a redelivery says the endpoint is back.
-func (r *Relay) redeliver(ctx context.Context, subID string, since time.Time) (int, error) {
+func (r *Relay) redeliver(ctx context.Context, subID string, since, until time.Time) (int, error) {
 	r.breaker.resume(subID)
 	s, err := r.queue.js.Stream(ctx, deadLettersStream)
 	if err != nil {
@@ -133,7 +133,7 @@ func (r *Relay) redeliver(ctx context.Context, subID string, since time.Time) (i
 	}
 	var dead []*jetstream.RawStreamMsg
 	if err := r.scan(ctx, deadLettersStream, deadLetterSubjectPrefix+subscriptionToken(subID), 1, 0, func(m *jetstream.RawStreamMsg) bool {
-		if !m.Time.Before(since) {
+		if !m.Time.Before(since) && (until.IsZero() || m.Time.Before(until)) {
 			dead = append(dead, m)
 		}
 		return true

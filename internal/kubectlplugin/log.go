@@ -30,6 +30,30 @@ func (f *listFlags) validate() error {
 	return checkOutput(f.output)
 }
 
+// runListing is the command of a per-subscription relay listing: it reads
+// every page up to --limit and hands the items to write.
+func runListing[T any](o *options, f *listFlags, what, pattern string,
+	write func(f listFlags, ns, name string, items []T, more bool) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := f.validate(); err != nil {
+			return err
+		}
+		ns, name, err := o.subscriptionArg(args)
+		if err != nil {
+			return err
+		}
+		rc, err := o.relay()
+		if err != nil {
+			return err
+		}
+		items, more, err := listPages[T](cmd.Context(), rc, health.SubscriptionPath(pattern, ns, name), f.limit)
+		if err != nil {
+			return fmt.Errorf("list %s of %s/%s: %w", what, ns, name, err)
+		}
+		return write(*f, ns, name, items, more)
+	}
+}
+
 func newAttemptsCommand(o *options) *cobra.Command {
 	var f listFlags
 	cmd := &cobra.Command{
@@ -41,25 +65,7 @@ endpoint's status code (or why there was no answer) and the latency.`,
 		Example: `  kubectl involveo attempts crm-sync -n team-a
   kubectl involveo attempts crm-sync -n team-a --limit 0 -o json`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.validate(); err != nil {
-				return err
-			}
-			ns, name, err := o.subscriptionArg(args)
-			if err != nil {
-				return err
-			}
-			rc, err := o.relay()
-			if err != nil {
-				return err
-			}
-			path := health.SubscriptionPath(health.AttemptsPath, ns, name)
-			items, more, err := listPages[health.Attempt](cmd.Context(), rc, path, f.limit)
-			if err != nil {
-				return fmt.Errorf("list attempts of %s/%s: %w", ns, name, err)
-			}
-			return o.writeAttempts(f, ns, name, items, more)
-		},
+		RunE: runListing(o, &f, "attempts", health.AttemptsPath, o.writeAttempts),
 	}
 	f.bind(cmd, "attempts")
 	return cmd
@@ -98,25 +104,7 @@ with the last failure. 'kubectl involveo redeliver SUB' replays them.`,
 		Example: `  kubectl involveo deadletters crm-sync -n team-a
   kubectl involveo deadletters crm-sync -n team-a --limit 0 -o json`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.validate(); err != nil {
-				return err
-			}
-			ns, name, err := o.subscriptionArg(args)
-			if err != nil {
-				return err
-			}
-			rc, err := o.relay()
-			if err != nil {
-				return err
-			}
-			path := health.SubscriptionPath(health.DeadLettersPath, ns, name)
-			items, more, err := listPages[health.DeadLetter](cmd.Context(), rc, path, f.limit)
-			if err != nil {
-				return fmt.Errorf("list dead letters of %s/%s: %w", ns, name, err)
-			}
-			return o.writeDeadLetters(f, ns, name, items, more)
-		},
+		RunE: runListing(o, &f, "dead letters", health.DeadLettersPath, o.writeDeadLetters),
 	}
 	f.bind(cmd, "dead letters")
 	return cmd

@@ -8,7 +8,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,6 +38,7 @@ import (
 	"github.com/involveo/webhook-operator/api/v1alpha1"
 	"github.com/involveo/webhook-operator/internal/health"
 	"github.com/involveo/webhook-operator/internal/relay"
+	"github.com/involveo/webhook-operator/internal/relay/relaytest"
 	"github.com/involveo/webhook-operator/internal/relayobjects"
 	"github.com/involveo/webhook-operator/internal/routing"
 	"github.com/involveo/webhook-operator/internal/testenv"
@@ -180,28 +180,9 @@ func startStackWithRelay(t *testing.T, relayOpt func(*relay.Config), opts ...sta
 // the routing source has loaded a table.
 func (s *stack) startRelay(t *testing.T, ctx context.Context, wg *sync.WaitGroup, opt func(*relay.Config)) {
 	t.Helper()
-	cfg := relay.Config{
-		Listen:                     "127.0.0.1:0",
-		AdminListen:                "127.0.0.1:0",
-		MaxBodyBytes:               relay.DefaultMaxBodyBytes,
-		Workers:                    8,
-		MaxInFlightPerSubscription: 4,
-		AllowDestinationCIDRs:      []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-		ShutdownTimeout:            2 * time.Second,
-		Log:                        logs.logger("relay"),
-		Queue: relay.QueueConfig{
-			DataDir:             t.TempDir(),
-			EventsMaxBytes:      64 << 20,
-			EventsMaxAge:        time.Hour,
-			IdempotencyWindow:   time.Hour,
-			DeliveriesMaxBytes:  64 << 20,
-			DeadLettersMaxBytes: 64 << 20,
-			DeadLettersMaxAge:   time.Hour,
-			DeliverAckWait:      30 * time.Second,
-			MaxAckPending:       1000,
-			AttemptLogSize:      100,
-		},
-	}
+	cfg := relaytest.Config(t.TempDir(), logs.logger("relay"))
+	cfg.Workers = 8
+	cfg.ShutdownTimeout = 2 * time.Second
 	if opt != nil {
 		opt(&cfg)
 	}

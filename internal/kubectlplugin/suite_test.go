@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -29,6 +28,7 @@ import (
 
 	v1alpha1 "github.com/involveo/webhook-operator/api/v1alpha1"
 	"github.com/involveo/webhook-operator/internal/relay"
+	"github.com/involveo/webhook-operator/internal/relay/relaytest"
 	"github.com/involveo/webhook-operator/internal/routing"
 	"github.com/involveo/webhook-operator/internal/testenv"
 )
@@ -240,28 +240,9 @@ func startRelay(t testing.TB, adminListen string, routes ...string) *testRelay {
 	if testing.Verbose() {
 		log = testr.New(t.(*testing.T))
 	}
-	r := relay.New(relay.Config{
-		Listen:                     "127.0.0.1:0",
-		AdminListen:                adminListen,
-		MaxBodyBytes:               relay.DefaultMaxBodyBytes,
-		Workers:                    16,
-		MaxInFlightPerSubscription: 4,
-		AllowDestinationCIDRs:      []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-		ShutdownTimeout:            5 * time.Second,
-		Log:                        log,
-		Queue: relay.QueueConfig{
-			DataDir:             t.TempDir(),
-			EventsMaxBytes:      64 << 20,
-			EventsMaxAge:        time.Hour,
-			IdempotencyWindow:   time.Hour,
-			DeliveriesMaxBytes:  64 << 20,
-			DeadLettersMaxBytes: 64 << 20,
-			DeadLettersMaxAge:   time.Hour,
-			DeliverAckWait:      30 * time.Second,
-			MaxAckPending:       1000,
-			AttemptLogSize:      200,
-		},
-	})
+	cfg := relaytest.Config(t.TempDir(), log)
+	cfg.AdminListen = adminListen
+	r := relay.New(cfg)
 	r.SetRoutes(compiled)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -28,11 +28,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/involveo/webhook-operator/internal/health"
+	"github.com/involveo/webhook-operator/internal/natstest"
 )
 
 const (
@@ -121,15 +121,15 @@ func TestCluster_LossOfANATSNodeLosesNoAcknowledgedEvent(t *testing.T) {
 			// reconnect; leadership is placed so the case does not depend on
 			// where elections happened to land.
 			victim := 0
-			for i, n := range rig.cluster.nodes {
-				if n.NumClients() > rig.cluster.nodes[victim].NumClients() {
+			for i, n := range rig.cluster.Nodes {
+				if n.NumClients() > rig.cluster.Nodes[victim].NumClients() {
 					victim = i
 				}
 			}
 			rig.cluster.placeLeaders(t, victim, tt.leads)
 			rig.produceFor(beforeFault)
 
-			node := rig.cluster.nodes[victim]
+			node := rig.cluster.Nodes[victim]
 			t.Logf("shutting down %s: %s, %d client connections", node.Name(), rig.cluster.roles(victim), node.NumClients())
 			fault := time.Now()
 			node.Shutdown()
@@ -191,7 +191,7 @@ func newRig(t *testing.T, routeExtra string, relayArgs ...string) *rig {
 	if err := os.WriteFile(routes, []byte(table), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"--nats-url", r.cluster.clientURLs(), "--nats-replicas", "3", "--config", routes,
+	args := append([]string{"--nats-url", r.cluster.ClientURLs(), "--nats-replicas", "3", "--config", routes,
 		"--allow-destination-cidrs", "127.0.0.0/8", "--deliver-ack-wait", deliverAckWait.String()}, relayArgs...)
 	// One after the other: both would declare the same streams at once.
 	for i := range 2 {
@@ -306,69 +306,14 @@ func head(s []int, n int) []int { return s[:min(len(s), n)] }
 func round(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 
 // natsCluster is a 3-node JetStream cluster in this process, listening on
-// 127.0.0.1.
+// 127.0.0.1, with what these tests ask of the relay's streams on it.
 type natsCluster struct {
-	nodes []*server.Server
+	*natstest.Cluster
 }
 
 func startCluster(t *testing.T) *natsCluster {
 	t.Helper()
-	// Cluster ports are chosen before start: every node's routes must list
-	// them all, since JetStream sizes its meta group from the configured
-	// routes and refuses clustering without any.
-	var routes []string
-	for range 3 {
-		routes = append(routes, "nats://"+freeAddr(t))
-	}
-	c := &natsCluster{}
-	for i := range 3 {
-		_, port, _ := net.SplitHostPort(strings.TrimPrefix(routes[i], "nats://"))
-		clusterPort, _ := strconv.Atoi(port)
-		srv, err := server.NewServer(&server.Options{
-			ServerName: fmt.Sprintf("nats-%d", i),
-			Host:       "127.0.0.1",
-			Port:       -1,
-			JetStream:  true,
-			StoreDir:   t.TempDir(),
-			Cluster:    server.ClusterOpts{Name: "chaos", Host: "127.0.0.1", Port: clusterPort},
-			Routes:     server.RoutesFromStr(strings.Join(routes, ",")),
-			NoSigs:     true,
-			NoLog:      true,
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		go srv.Start()
-		t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-		c.nodes = append(c.nodes, srv)
-	}
-	for _, srv := range c.nodes {
-		if !srv.ReadyForConnections(10 * time.Second) {
-			t.Fatalf("%s not ready for connections", srv.Name())
-		}
-	}
-	eventually(t, 30*time.Second, "a JetStream meta leader that sees all three nodes", func() bool {
-		for _, srv := range c.nodes {
-			if !srv.JetStreamIsCurrent() {
-				return false
-			}
-		}
-		for _, srv := range c.nodes {
-			if srv.JetStreamIsLeader() {
-				return len(srv.JetStreamClusterPeers()) == 3
-			}
-		}
-		return false
-	})
-	return c
-}
-
-func (c *natsCluster) clientURLs() string {
-	var urls []string
-	for _, n := range c.nodes {
-		urls = append(urls, n.ClientURL())
-	}
-	return strings.Join(urls, ",")
+	return &natsCluster{natstest.StartCluster(t, 3, t.TempDir())}
 }
 
 // queueState describes the consumers as the running nodes see them, for a
@@ -400,13 +345,7 @@ func (c *natsCluster) queueState(t *testing.T) string {
 
 // connect opens a JetStream client on the running nodes.
 func (c *natsCluster) connect() (jetstream.JetStream, func(), error) {
-	var urls []string
-	for _, n := range c.nodes {
-		if n.Running() {
-			urls = append(urls, n.ClientURL())
-		}
-	}
-	nc, err := nats.Connect(strings.Join(urls, ","))
+	nc, err := nats.Connect(c.ClientURLs())
 	if err != nil {
 		return nil, nil, fmt.Errorf("connect to inspect the queue: %w", err)
 	}
@@ -462,18 +401,18 @@ var raftGroups = [][2]string{
 // successor.
 func (c *natsCluster) placeLeaders(t *testing.T, i int, lead bool) {
 	t.Helper()
-	nc, err := nats.Connect(c.clientURLs())
+	nc, err := nats.Connect(c.ClientURLs())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	other := c.nodes[(i+1)%len(c.nodes)].Name()
+	other := c.Nodes[(i+1)%len(c.Nodes)].Name()
 	for _, g := range raftGroups {
 		isLeader := func() bool {
 			if g[1] == "" {
-				return c.nodes[i].JetStreamIsStreamLeader(globalAccount, g[0])
+				return c.Nodes[i].JetStreamIsStreamLeader(globalAccount, g[0])
 			}
-			return c.nodes[i].JetStreamIsConsumerLeader(globalAccount, g[0], g[1])
+			return c.Nodes[i].JetStreamIsConsumerLeader(globalAccount, g[0], g[1])
 		}
 		if isLeader() == lead {
 			continue
@@ -484,7 +423,7 @@ func (c *natsCluster) placeLeaders(t *testing.T, i int, lead bool) {
 		}
 		preferred := other
 		if lead {
-			preferred = c.nodes[i].Name()
+			preferred = c.Nodes[i].Name()
 		}
 		eventually(t, 20*time.Second, fmt.Sprintf("%s %s to lead %s", g[0], g[1], preferred), func() bool {
 			if isLeader() == lead {
@@ -502,7 +441,7 @@ func (c *natsCluster) placeLeaders(t *testing.T, i int, lead bool) {
 
 // roles names the Raft groups node i leads.
 func (c *natsCluster) roles(i int) string {
-	n := c.nodes[i]
+	n := c.Nodes[i]
 	var led []string
 	if n.JetStreamIsLeader() {
 		led = append(led, "meta")

@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,16 +23,22 @@ import (
 
 	"github.com/involveo/webhook-operator/internal/delivery"
 	"github.com/involveo/webhook-operator/internal/event"
+	"github.com/involveo/webhook-operator/internal/natstest"
 	"github.com/involveo/webhook-operator/internal/routing"
 )
 
 // The end-to-end benchmarks post b.N seed events to a relay (durable: every
-// event and delivery goes through the embedded JetStream) and, in the same
-// run, to an in-memory forwarder that validates, routes and POSTs with the
-// same delivery client but keeps nothing. Both deliver to real HTTP sinks on
+// event and delivery goes through JetStream) and, in the same run, to an
+// in-memory forwarder that validates, routes and POSTs with the same
+// delivery client but keeps nothing. Both deliver to real HTTP sinks on
 // 127.0.0.1 that answer 200. The issue's target is relay ≥ 0.5× forwarder.
+// Each case (one subscription, 100- and 1,000-way fan-out) runs on the
+// relay's embedded JetStream (BenchmarkRelay_*), on a 3-node JetStream
+// cluster (BenchmarkRelayCluster_*) and in the forwarder
+// (BenchmarkForwarder_*). BenchmarkRelay_Isolation, in
+// bench_isolation_test.go, measures a hanging endpoint's effect on others.
 //
-//	make bench
+//	make bench             # BENCH=RelayCluster for the cluster cases alone
 //
 // Figures per benchmark:
 //   - events/s and deliveries/s: b.N events (each delivered to every
@@ -60,6 +65,12 @@ const (
 	// benchFanout is the number of subscriptions matching every event in the
 	// fan-out case, each with its own sink listener like separate tenants.
 	benchFanout = 100
+	// benchFanoutWide is the wide fan-out case: 1,000 tenants taking every
+	// event.
+	benchFanoutWide = 1000
+	// benchClusterNodes is the size of the external JetStream cluster, and
+	// the replicas of every stream and consumer on it.
+	benchClusterNodes = 3
 	// benchDrainTimeout bounds the wait for the last delivery; it only
 	// guards against a hung run, a healthy one takes seconds.
 	benchDrainTimeout = 3 * time.Minute
@@ -70,13 +81,35 @@ const (
 	benchSeqDigits = 10
 )
 
+// The fan-out cases need no fixed b.N: an event costs the relay about
+// fan-out × 50 µs, so -benchtime=3s settles on some 60 events at 1,000-way
+// fan-out (60,000 deliveries), after a first round of one event.
+
 func BenchmarkRelay_OneSubscription(b *testing.B) { benchEndToEnd(b, startBenchRelay, 1) }
 
 func BenchmarkRelay_Fanout100(b *testing.B) { benchEndToEnd(b, startBenchRelay, benchFanout) }
 
+func BenchmarkRelay_Fanout1000(b *testing.B) { benchEndToEnd(b, startBenchRelay, benchFanoutWide) }
+
 func BenchmarkForwarder_OneSubscription(b *testing.B) { benchEndToEnd(b, startForwarder, 1) }
 
 func BenchmarkForwarder_Fanout100(b *testing.B) { benchEndToEnd(b, startForwarder, benchFanout) }
+
+func BenchmarkForwarder_Fanout1000(b *testing.B) { benchEndToEnd(b, startForwarder, benchFanoutWide) }
+
+// The cluster cases run the relay on an external JetStream, as deployed with
+// --nats-url: three nats-servers in this process, routed over 127.0.0.1,
+// every stream and consumer with three replicas. Each round starts a fresh
+// cluster (seconds, outside the timer) so no round inherits another's
+// streams.
+
+func BenchmarkRelayCluster_OneSubscription(b *testing.B) { benchEndToEnd(b, startClusterRelay, 1) }
+
+func BenchmarkRelayCluster_Fanout100(b *testing.B) { benchEndToEnd(b, startClusterRelay, benchFanout) }
+
+func BenchmarkRelayCluster_Fanout1000(b *testing.B) {
+	benchEndToEnd(b, startClusterRelay, benchFanoutWide)
+}
 
 // benchTarget starts something that takes POST /v1/events and delivers per
 // routes; it returns the ingest URL and stops at the benchmark's cleanup. It
@@ -87,11 +120,7 @@ func benchEndToEnd(b *testing.B, start benchTarget, subscriptions int) {
 	sink := newBenchSink(b, subscriptions, b.N)
 	ingestURL := start(b, sink.routes(b), sink.abort)
 	bodies := newBenchBodies(b)
-	client := &http.Client{Transport: &http.Transport{
-		MaxIdleConnsPerHost: benchProducers,
-		MaxConnsPerHost:     benchProducers,
-	}}
-	b.Cleanup(client.CloseIdleConnections)
+	client := newBenchClient(b)
 
 	b.ResetTimer()
 	began := time.Now()
@@ -139,6 +168,16 @@ func benchEndToEnd(b *testing.B, start benchTarget, subscriptions int) {
 	b.ReportMetric(float64(b.N)/accepted.Seconds(), "accepted/s")
 	b.ReportMetric(cpu.Seconds()/elapsed.Seconds(), "cpu-cores")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(sink.want), "cpu-us/delivery")
+}
+
+// newBenchClient is the producers' client: one keep-alive connection each.
+func newBenchClient(b *testing.B) *http.Client {
+	client := &http.Client{Transport: &http.Transport{
+		MaxIdleConnsPerHost: benchProducers,
+		MaxConnsPerHost:     benchProducers,
+	}}
+	b.Cleanup(client.CloseIdleConnections)
+	return client
 }
 
 func postEvent(client *http.Client, url string, body []byte) error {
@@ -302,39 +341,57 @@ func benchSeq(body []byte) (int, bool) {
 
 // routes is one subscription per sink listener, each taking every task event.
 func (s *benchSink) routes(b *testing.B) *routing.Routes {
-	var yaml strings.Builder
-	yaml.WriteString("subscriptions:\n")
-	for i, srv := range s.servers {
-		yaml.WriteString(routeYAML(fmt.Sprintf("bench/sub-%03d", i), srv.URL+"/hook", `["task.*"]`, ""))
-	}
-	return compile(b, yaml.String())
+	return compile(b, table(s.routeEntries()...))
 }
 
-// startBenchRelay runs a relay on an embedded JetStream in b.TempDir() with
-// the issue's benchmark settings. It does not use startRelay because that
-// logs through testr, which needs a *testing.T under -v.
+// routeEntries are the routing-table entries of routes, for a table that
+// adds others.
+func (s *benchSink) routeEntries() []string {
+	entries := make([]string, len(s.servers))
+	for i, srv := range s.servers {
+		entries[i] = routeYAML(fmt.Sprintf("bench/sub-%03d", i), srv.URL+"/hook", `["task.*"]`, "")
+	}
+	return entries
+}
+
+// startBenchRelay runs a relay on an embedded JetStream in b.TempDir().
 func startBenchRelay(b *testing.B, routes *routing.Routes, _ func()) string {
-	r := New(Config{
-		Listen:                     "127.0.0.1:0",
-		AdminListen:                "127.0.0.1:0",
-		MaxBodyBytes:               DefaultMaxBodyBytes,
-		Workers:                    benchWorkers,
-		MaxInFlightPerSubscription: benchInFlight,
-		AllowDestinationCIDRs:      []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-		ShutdownTimeout:            5 * time.Second,
-		Log:                        logr.Discard(),
-		Queue: QueueConfig{
-			DataDir:             b.TempDir(),
-			EventsMaxBytes:      1 << 30,
-			EventsMaxAge:        time.Hour,
-			IdempotencyWindow:   time.Hour,
-			DeliveriesMaxBytes:  1 << 30,
-			DeadLettersMaxBytes: 64 << 20,
-			DeadLettersMaxAge:   time.Hour,
-			DeliverAckWait:      DefaultDeliverAckWait,
-			MaxAckPending:       DefaultMaxAckPending,
-		},
-	})
+	return runBenchRelay(b, benchRelayConfig(b), routes)
+}
+
+// startClusterRelay runs a relay on a fresh in-process JetStream cluster,
+// with three replicas of everything.
+func startClusterRelay(b *testing.B, routes *routing.Routes, _ func()) string {
+	cluster := natstest.StartCluster(b, benchClusterNodes, b.TempDir())
+	cfg := benchRelayConfig(b)
+	cfg.Queue.NATSURL = cluster.ClientURLs()
+	cfg.Queue.Replicas = benchClusterNodes
+	return runBenchRelay(b, cfg, routes)
+}
+
+// benchRelayConfig is the production configuration with what a benchmark on
+// one machine needs: listeners and destinations on loopback, the store in
+// b.TempDir() with limits any test disk can reserve, no logs. The worker
+// pool and per-subscription cap are pinned to what the forwarder gets, so
+// the comparison holds if the defaults move.
+func benchRelayConfig(b *testing.B) Config {
+	cfg := DefaultConfig()
+	cfg.Listen, cfg.AdminListen = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Workers, cfg.MaxInFlightPerSubscription = benchWorkers, benchInFlight
+	cfg.AllowDestinationCIDRs = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	cfg.ShutdownTimeout = 5 * time.Second
+	cfg.Log = logr.Discard()
+	q := &cfg.Queue
+	q.DataDir = b.TempDir()
+	q.EventsMaxBytes, q.DeliveriesMaxBytes, q.DeadLettersMaxBytes = 1<<30, 1<<30, 64<<20
+	return cfg
+}
+
+// runBenchRelay runs a relay with cfg and routes until the benchmark's
+// cleanup and returns its ingest URL. It does not use startRelay because
+// that logs through testr, which needs a *testing.T under -v.
+func runBenchRelay(b *testing.B, cfg Config, routes *routing.Routes) string {
+	r := New(cfg)
 	r.SetRoutes(routes)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

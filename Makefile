@@ -59,9 +59,17 @@ test: manifests generate vet ## Run all tests (unit, integration on a real API s
 
 BENCHTIME ?= 3s
 BENCHCOUNT ?= 2
+# BENCH picks the cases: by default every throughput case, on the embedded
+# JetStream, on a 3-node cluster and in the forwarder. The isolation
+# experiment is a fixed minute with its own figures, hence its own target.
+BENCH ?= ^Benchmark(Relay|RelayCluster|Forwarder)_(OneSubscription|Fanout)
 .PHONY: bench
-bench: ## Benchmark the relay end to end (events/s, p50/p99) next to an in-memory forwarder (BENCHTIME=3s BENCHCOUNT=2).
-	$(GO) test -run='^$$' -bench=. -benchtime=$(BENCHTIME) -count=$(BENCHCOUNT) -timeout=10m ./internal/relay/
+bench: ## Benchmark the relay end to end (events/s, p50/p99), embedded and on a 3-node cluster, next to an in-memory forwarder (BENCH=regex BENCHTIME=3s BENCHCOUNT=2).
+	$(GO) test -run='^$$' -bench='$(BENCH)' -benchtime=$(BENCHTIME) -count=$(BENCHCOUNT) -timeout=20m ./internal/relay/
+
+.PHONY: bench-isolation
+bench-isolation: ## Healthy subscriptions' p50/p99 with and without one that hangs on half the events (one run of about a minute).
+	$(GO) test -run='^$$' -bench='^BenchmarkRelay_Isolation$$' -benchtime=1x -count=1 -timeout=10m ./internal/relay/
 
 .PHONY: bench-manager
 bench-manager: ## Create 10,000 subscriptions at once against the manager and relay binaries: time until all Ready, ConfigMap writes, peak RSS (BENCH_LOG_DIR keeps their logs).

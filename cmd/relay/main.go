@@ -71,7 +71,7 @@ func run() error {
 	flag.Int64Var(&cfg.Queue.EventsMaxBytes, "events-max-bytes", cfg.Queue.EventsMaxBytes, "event log size limit; ingest answers 503 when full")
 	flag.DurationVar(&cfg.Queue.EventsMaxAge, "events-max-age", cfg.Queue.EventsMaxAge, "how long events are kept in the event log")
 	flag.DurationVar(&cfg.Queue.IdempotencyWindow, "idempotency-window", cfg.Queue.IdempotencyWindow, "how long an Idempotency-Key is remembered")
-	flag.Int64Var(&cfg.Queue.DeliveriesMaxBytes, "deliveries-max-bytes", cfg.Queue.DeliveriesMaxBytes, "pending deliveries size limit")
+	flag.Int64Var(&cfg.Queue.DeliveriesMaxBytes, "deliveries-max-bytes", cfg.Queue.DeliveriesMaxBytes, "pending deliveries size limit: above it, fan-out waits and events stay in the event log")
 	flag.Int64Var(&cfg.Queue.DeadLettersMaxBytes, "dead-letters-max-bytes", cfg.Queue.DeadLettersMaxBytes, "dead-letter stream size limit (oldest dropped first)")
 	flag.DurationVar(&cfg.Queue.DeadLettersMaxAge, "dead-letters-max-age", cfg.Queue.DeadLettersMaxAge, "how long dead letters are kept")
 	flag.DurationVar(&cfg.Queue.DeliverAckWait, "deliver-ack-wait", cfg.Queue.DeliverAckWait, "how long an attempt may hold a delivery before another relay takes it over; must exceed the longest endpoint timeout (5m)")

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -18,11 +16,6 @@ import (
 )
 
 const (
-	// deferDelay is how long a delivery waits when its subscription already
-	// has MaxInFlightPerSubscription attempts running and as many parked as
-	// is safe. Jitter spreads the returns so a backlog does not come back as
-	// one burst.
-	deferDelay = 500 * time.Millisecond
 	// settleTimeout bounds the wait for JetStream to store a retry or a dead
 	// letter before the attempt's own message is acknowledged.
 	settleTimeout = 10 * time.Second
@@ -40,6 +33,11 @@ type pendingDelivery struct {
 	// replay is the dead-letter sequence this delivery was redelivered from,
 	// empty on its first run.
 	replay string
+	// postponed counts how often it was moved out of the way for lack of a
+	// slot; each time it waits longer.
+	postponed int
+	// parked is set once the slots parked it in memory.
+	parked bool
 }
 
 // msgID names one follow-up of the delivery (an attempt number or "dead"),
@@ -69,6 +67,11 @@ func parseDelivery(msg jetstream.Msg) (*pendingDelivery, error) {
 		return nil, fmt.Errorf("delivery %s: bad attempt header %q", d.deliveryID, h.Get(hdrAttempt))
 	}
 	d.attempt = attempt
+	if n := h.Get(hdrPostponed); n != "" {
+		if d.postponed, err = strconv.Atoi(n); err != nil || d.postponed < 0 {
+			return nil, fmt.Errorf("delivery %s: bad postponed header %q", d.deliveryID, n)
+		}
+	}
 	if nb := h.Get(hdrNotBefore); nb != "" {
 		if d.notBefore, err = time.Parse(time.RFC3339Nano, nb); err != nil {
 			return nil, fmt.Errorf("delivery %s: bad not-before header %q", d.deliveryID, nb)
@@ -77,94 +80,10 @@ func parseDelivery(msg jetstream.Msg) (*pendingDelivery, error) {
 	return d, nil
 }
 
-// inflight counts running attempts per subscription, so that one slow
-// endpoint cannot take every worker. A delivery that finds its subscription
-// at the cap is parked in memory and started by the next attempt of that
-// subscription to finish, instead of going back to JetStream with a delay:
-// a busy but healthy endpoint would otherwise see its backlog bounce
-// between the relay and the store.
-type inflight struct {
-	mu       sync.Mutex
-	limit    int
-	ackWait  time.Duration
-	replicas int
-	n        map[string]int
-	parked   map[string][]*pendingDelivery
-}
-
-// parkLimit bounds the parked deliveries of a route so that the last one
-// starts within half of AckWait even if every running attempt runs to its
-// timeout; otherwise JetStream would hand it out a second time.
-//
-// A rate-limited route also parks no more than it may start in that time.
-func (f *inflight) parkLimit(route *routing.Route) int {
-	n := f.limitOf(route) * max(1, int(f.ackWait/(2*max(route.Timeout, time.Second))))
-	if route.RatePerSecond > 0 {
-		// This relay's share of the rate, less the running slots that wait
-		// for tokens too.
-		perRelay := route.RatePerSecond / float64(max(f.replicas, 1))
-		n = min(n, max(1, int(perRelay*(f.ackWait/2).Seconds())-f.limitOf(route)))
-	}
-	return n
-}
-
-// limitOf is the route's own cap, or the relay's default.
-func (f *inflight) limitOf(route *routing.Route) int {
-	if route.MaxInFlight > 0 {
-		return route.MaxInFlight
-	}
-	return f.limit
-}
-
-// admit starts d if its subscription is below the cap (run), else parks it
-// (parked), else neither: the caller hands it back to JetStream.
-func (f *inflight) admit(d *pendingDelivery, route *routing.Route) (run, parked bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	id := d.subscriptionID
-	if f.n[id] < f.limitOf(route) {
-		f.n[id]++
-		return true, false
-	}
-	if len(f.parked[id]) < f.parkLimit(route) {
-		f.parked[id] = append(f.parked[id], d)
-		return false, true
-	}
-	return false, false
-}
-
-// next hands the finished attempt's slot to the subscription's next parked
-// delivery, or frees the slot and returns nil.
-func (f *inflight) next(id string) *pendingDelivery {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if q := f.parked[id]; len(q) > 0 {
-		d := q[0]
-		if len(q) == 1 {
-			delete(f.parked, id)
-		} else {
-			f.parked[id] = q[1:]
-		}
-		return d
-	}
-	if f.n[id]--; f.n[id] <= 0 {
-		delete(f.n, id)
-	}
-	return nil
-}
-
-func (f *inflight) release(id string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.n[id]--; f.n[id] <= 0 {
-		delete(f.n, id)
-	}
-}
-
-// dispatch hands due deliveries to the worker pool until ctx is done. Every
-// message is settled exactly once: acknowledged, handed back with a delay,
-// or passed to a worker that settles it.
-func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg, work chan<- *pendingDelivery) {
+// dispatch takes one delivery from JetStream and never blocks: it starts
+// the delivery (or parked ones whose turn came), parks it, or moves it out of
+// the consumer's pending set until it can run (hold, postpone).
+func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg) {
 	d, err := parseDelivery(msg)
 	if err != nil {
 		r.log.Error(err, "dropping malformed delivery", "subject", msg.Subject())
@@ -176,30 +95,69 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg, work chan<- *pe
 		r.cancel(d)
 		return
 	}
-	if wait := time.Until(d.notBefore); wait > 0 {
+	if d.notBefore.After(time.Now()) {
 		r.stats.waiting(d.deliveryID, d.subscriptionID, d.notBefore.Add(r.cfg.Queue.DeliverAckWait))
-		_ = msg.NakWithDelay(wait)
+		r.hold(d, d.notBefore)
 		return
 	}
 	if ok, hold := r.breaker.admit(route.ID, time.Now()); !ok {
-		// Paused endpoint: the delivery stays in JetStream until a probe
-		// succeeds or someone asks for a redelivery.
-		_ = msg.NakWithDelay(hold)
+		// Paused endpoint: the delivery waits in JetStream until the next
+		// probe, or until someone asks for a redelivery.
+		r.hold(d, time.Now().Add(hold))
 		return
 	}
-	run, parked := r.inflight.admit(d, route)
-	if parked {
+	start, taken := r.slots.admit(d, route)
+	if !taken {
+		r.postpone(d)
 		return
 	}
-	if !run {
-		_ = msg.NakWithDelay(deferDelay + rand.N(deferDelay))
-		return
+	r.start(ctx, start)
+}
+
+// start runs each delivery on a goroutine of its own; the slots have already
+// counted them against the worker pool.
+func (r *Relay) start(ctx context.Context, ds []*pendingDelivery) {
+	for _, d := range ds {
+		r.attempts.Go(func() { r.run(ctx, d) })
 	}
-	select {
-	case work <- d:
-	case <-ctx.Done():
-		r.inflight.release(route.ID)
-		_ = msg.Nak()
+}
+
+// run attempts d, then whatever the slots hand this goroutine next.
+func (r *Relay) run(ctx context.Context, d *pendingDelivery) {
+	for d != nil {
+		if d.parked {
+			// Parked time counted against AckWait; the attempt gets it afresh.
+			_ = d.msg.InProgress()
+		}
+		o, took := r.attempt(ctx, d)
+		route, _ := r.routes.Load().Get(d.subscriptionID)
+		start, evicted := r.slots.done(d.subscriptionID, route, o, took)
+		for _, e := range evicted {
+			r.postpone(e)
+		}
+		d = nil
+		if len(start) > 0 {
+			d = start[0]
+			r.start(ctx, start[1:])
+		}
+	}
+}
+
+// keepParked tells JetStream, every quarter of AckWait, that parked
+// deliveries are still being worked on, so none is handed out twice while
+// it waits for its turn.
+func (r *Relay) keepParked(ctx context.Context) {
+	t := time.NewTicker(r.cfg.Queue.DeliverAckWait / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			for _, d := range r.slots.parkedDeliveries() {
+				_ = d.msg.InProgress()
+			}
+		}
 	}
 }
 
@@ -212,32 +170,18 @@ func (r *Relay) cancel(d *pendingDelivery) {
 	}
 }
 
-// worker runs attempts until work is closed, then the deliveries parked
-// behind each of them.
-func (r *Relay) worker(ctx context.Context, work <-chan *pendingDelivery) {
-	for d := range work {
-		for d != nil {
-			r.attempt(ctx, d)
-			if d = r.inflight.next(d.subscriptionID); d != nil {
-				// Parked time counted against AckWait; the attempt gets it afresh.
-				_ = d.msg.InProgress()
-			}
-		}
-	}
-}
-
 // attempt delivers once with the subscription's current route, so an edited
 // URL, key or header applies from the next attempt on.
-func (r *Relay) attempt(ctx context.Context, d *pendingDelivery) {
+func (r *Relay) attempt(ctx context.Context, d *pendingDelivery) (outcome, time.Duration) {
 	route, ok := r.routes.Load().Get(d.subscriptionID)
 	if !ok {
 		r.cancel(d)
-		return
+		return aborted, 0
 	}
 	if err := r.limiters.wait(ctx, route); err != nil {
 		// Shutting down while waiting for a token: hand it back.
 		_ = d.msg.Nak()
-		return
+		return aborted, 0
 	}
 	res := r.client.Deliver(ctx, delivery.Request{
 		URL:        route.URL,
@@ -251,7 +195,7 @@ func (r *Relay) attempt(ctx context.Context, d *pendingDelivery) {
 	if res.Canceled {
 		// Shutting down: the attempt did not finish, so it does not count.
 		_ = d.msg.Nak()
-		return
+		return aborted, res.Duration
 	}
 	if res.Gone() {
 		res.Reason = "Gone: " + res.Reason
@@ -281,17 +225,24 @@ func (r *Relay) attempt(ctx context.Context, d *pendingDelivery) {
 	default:
 		r.deadLetter(d, route, res)
 	}
+	switch {
+	case res.OK():
+		return succeeded, res.Duration
+	case res.StatusCode == 0:
+		return unanswered, res.Duration
+	default:
+		return answered, res.Duration
+	}
 }
 
-// retry stores the next attempt with its due time, then acknowledges this
-// one. If the relay dies in between, this attempt's message comes back and
-// the next one is published again under the same message id, which
-// JetStream de-duplicates.
+// retry stores the next attempt, due after the subscription's interval, then
+// acknowledges this one. If the relay dies in between, this attempt's
+// message comes back and the next one is stored again under the same
+// message id, which JetStream de-duplicates.
 func (r *Relay) retry(d *pendingDelivery, route *routing.Route, res delivery.Result, due time.Time) {
 	next := r.followUp(d, deliveriesSubjectPrefix+subscriptionToken(route.ID), res)
 	next.Header.Set(hdrAttempt, strconv.Itoa(d.attempt+1))
-	next.Header.Set(hdrNotBefore, due.UTC().Format(time.RFC3339Nano))
-	if !r.publishThenAck(d, next, d.msgID(strconv.Itoa(d.attempt+1))) {
+	if !r.storeThenAck(d, next, d.msgID(strconv.Itoa(d.attempt+1)), due) {
 		return
 	}
 	r.stats.waiting(d.deliveryID, route.ID, due.Add(r.cfg.Queue.DeliverAckWait))
@@ -302,7 +253,7 @@ func (r *Relay) retry(d *pendingDelivery, route *routing.Route, res delivery.Res
 func (r *Relay) deadLetter(d *pendingDelivery, route *routing.Route, res delivery.Result) {
 	dead := r.followUp(d, deadLetterSubjectPrefix+subscriptionToken(route.ID), res)
 	dead.Header.Set(hdrAttempt, strconv.Itoa(d.attempt))
-	if !r.publishThenAck(d, dead, d.msgID("dead")) {
+	if !r.storeThenAck(d, dead, d.msgID("dead"), time.Time{}) {
 		return
 	}
 	r.stats.settled(d.deliveryID)
@@ -328,22 +279,6 @@ func (r *Relay) followUp(d *pendingDelivery, subject string, res delivery.Result
 		m.Header.Set(hdrLastStatus, strconv.Itoa(res.StatusCode))
 	}
 	return m
-}
-
-// publishThenAck stores next and acknowledges d. When the store fails, d is
-// handed back so the attempt is repeated rather than lost.
-func (r *Relay) publishThenAck(d *pendingDelivery, next *nats.Msg, msgID string) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
-	defer cancel()
-	if _, err := r.queue.js.PublishMsg(ctx, next, jetstream.WithMsgID(msgID)); err != nil {
-		r.log.Error(err, "store follow-up of failed delivery; it will be attempted again", "subscription", d.subscriptionID)
-		_ = d.msg.NakWithDelay(fanoutRetryDelay)
-		return false
-	}
-	if err := d.msg.Ack(); err != nil {
-		r.log.Error(err, "acknowledge failed attempt", "subscription", d.subscriptionID)
-	}
-	return true
 }
 
 // trip feeds the attempt's outcome to the breaker and says so when it pauses

@@ -50,6 +50,9 @@ func (r *Relay) fanout(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
+	if !r.waitForRoom(ctx, msg) {
+		return
+	}
 	routes := r.routes.Load()
 	matches := r.filterRoutes(ctx, msg, eventType, routes.Match(eventType))
 	futures := make([]jetstream.PubAckFuture, 0, min(len(matches), fanoutBatch))
@@ -86,6 +89,22 @@ func (r *Relay) fanout(ctx context.Context, msg jetstream.Msg) {
 	if err := msg.Ack(); err != nil {
 		r.log.Error(err, "acknowledge event after fan-out; it will be fanned out again and de-duplicated", "event", eventType)
 	}
+}
+
+// waitForRoom holds fan-out while pending deliveries are over their size
+// limit: the events wait where they are, and ingest refuses new ones once
+// the event log is full too.
+func (r *Relay) waitForRoom(ctx context.Context, msg jetstream.Msg) bool {
+	for r.queue.deliveriesFull.Load() {
+		_ = msg.InProgress()
+		select {
+		case <-ctx.Done():
+			_ = msg.Nak()
+			return false
+		case <-time.After(deliveriesCheckEvery):
+		}
+	}
+	return true
 }
 
 // filterRoutes drops the routes whose filter does not pass the event. The

@@ -61,6 +61,20 @@ func newEndpoint(t testing.TB, status int) *endpoint {
 	return e
 }
 
+// newHangingEndpoint answers nothing until release is closed or the client
+// gives up.
+func newHangingEndpoint(t testing.TB) (e *endpoint, release chan struct{}) {
+	release = make(chan struct{})
+	e = newEndpoint(t, http.StatusOK)
+	e.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	})
+	return e, release
+}
+
 func (e *endpoint) setStatus(s int) {
 	e.mu.Lock()
 	e.status = s

@@ -46,6 +46,8 @@ const (
 	hdrNotBefore    = "Involveo-Not-Before"
 	hdrLastError    = "Involveo-Last-Error"
 	hdrLastStatus   = "Involveo-Last-Status"
+	// hdrPostponed counts how often a delivery found no room to run.
+	hdrPostponed = "Involveo-Postponed"
 	// hdrReplay marks a redelivered dead letter (its dead-letter sequence):
 	// its attempts start over, so their message ids must differ from the
 	// first run's, which may still be in JetStream's duplicate window.

@@ -16,6 +16,7 @@ type metrics struct {
 	latency     prometheus.Histogram
 	deadLetters *prometheus.CounterVec
 	filtered    *prometheus.CounterVec
+	moved       *prometheus.CounterVec
 	revision    *prometheus.GaugeVec
 }
 
@@ -43,13 +44,17 @@ func newMetrics(pending func() float64) *metrics {
 			Name: "involveo_relay_filtered_total",
 			Help: "Matching events not delivered because of the subscription's filter, by result (filtered: false, error: could not be evaluated).",
 		}, []string{"subscription", "result"}),
+		moved: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "involveo_relay_deliveries_moved_total",
+			Help: "Deliveries stored back in JetStream to wait, by reason (held: endpoint paused or retry not due; postponed: no room to run now).",
+		}, []string{"reason"}),
 		revision: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "involveo_relay_routing_revision_info",
 			Help: "1 for the routing table revision currently loaded.",
 		}, []string{"revision"}),
 	}
 	m.registry.MustRegister(
-		m.ingest, m.deliveries, m.latency, m.deadLetters, m.filtered, m.revision,
+		m.ingest, m.deliveries, m.latency, m.deadLetters, m.filtered, m.moved, m.revision,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "involveo_relay_pending_retries",
 			Help: "Deliveries waiting for their next retry.",

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -24,13 +25,14 @@ import (
 // would be 10,000 groups, 10,000 replicas on every node of a 3-node cluster,
 // and 10,000 pull requests per relay replica. Here the relay costs six
 // groups (four streams, two consumers) at any scale. Fairness between
-// subscriptions is the dispatcher's job instead (dispatch.go): a delivery's
-// subject and headers name its subscription, each subscription runs at most
-// its in-flight cap of attempts, the surplus is parked in memory (bounded so
-// it starts within half of AckWait) or handed back with a delay, and the
-// breaker pauses a failing endpoint. What the subscriptions do share is
-// deliver's MaxAckPending: a delivery waiting for its retry holds a slot
-// until it is due.
+// subscriptions is the relay's job instead: a delivery's subject and headers
+// name its subscription, and the slots (slots.go) run each subscription
+// within its adaptive window, take turns when the worker pool is full, park
+// a bounded surplus in memory and give the rest back. What the
+// subscriptions share is deliver's MaxAckPending, so nothing that waits is
+// left in it: retries, a paused endpoint's deliveries and a slow endpoint's
+// backlog wait as scheduled messages (schedule.go) and reach the consumer
+// when due.
 const (
 	eventsStream            = "INVOLVEO_EVENTS"
 	eventsSubjectPrefix     = "involveo.events."
@@ -60,6 +62,9 @@ const (
 	declareTimeout = 2 * time.Minute
 	// declareRetryDelay spaces those attempts.
 	declareRetryDelay = time.Second
+	// deliveriesCheckEvery is how often the size of the deliveries stream is
+	// compared with its limit.
+	deliveriesCheckEvery = time.Second
 	// drainTimeout bounds the final flush of acknowledgements at shutdown.
 	drainTimeout = 10 * time.Second
 )
@@ -85,7 +90,8 @@ type QueueConfig struct {
 	EventsMaxAge   time.Duration
 	// IdempotencyWindow is how long an Idempotency-Key is remembered.
 	IdempotencyWindow time.Duration
-	// DeliveriesMaxBytes bounds pending deliveries (first attempts and retries).
+	// DeliveriesMaxBytes bounds pending deliveries (first attempts and
+	// retries): above it, fan-out waits and events stay in the event log.
 	DeliveriesMaxBytes int64
 	// DeadLettersMaxBytes and DeadLettersMaxAge bound the dead-letter stream.
 	DeadLettersMaxBytes int64
@@ -104,12 +110,16 @@ type QueueConfig struct {
 // Queue is the relay's JetStream: the event log, the pending deliveries and
 // the dead letters.
 type Queue struct {
-	server  *server.Server
-	conn    *nats.Conn
-	js      jetstream.JetStream
-	events  jetstream.Stream
-	fanout  jetstream.Consumer
-	deliver jetstream.Consumer
+	server     *server.Server
+	conn       *nats.Conn
+	js         jetstream.JetStream
+	events     jetstream.Stream
+	deliveries jetstream.Stream
+	// deliveriesFull is set while the deliveries stream holds more than
+	// DeliveriesMaxBytes; fan-out waits meanwhile.
+	deliveriesFull atomic.Bool
+	fanout         jetstream.Consumer
+	deliver        jetstream.Consumer
 	// closed is closed once the connection has drained and closed.
 	closed chan struct{}
 }
@@ -243,12 +253,17 @@ func (q *Queue) declare(ctx context.Context, cfg QueueConfig) error {
 		Duplicates:  cfg.IdempotencyWindow,
 	}, {
 		Name:        deliveriesStream,
-		Description: "one message per pending delivery attempt",
-		Subjects:    []string{deliveriesSubjectPrefix + ">"},
+		Description: "one message per pending delivery attempt, and the scheduled ones that wait for their time",
+		Subjects:    []string{deliveriesSubjectPrefix + ">", scheduledSubjectPrefix + ">"},
 		Retention:   jetstream.WorkQueuePolicy,
-		MaxBytes:    cfg.DeliveriesMaxBytes,
-		Discard:     jetstream.DiscardNew,
-		Duplicates:  deliveriesDuplicateWindow,
+		// Scheduled messages (schedule.go) rule out DiscardNew, and DiscardOld
+		// with a size limit would drop pending deliveries. So the stream has
+		// no limit of its own: fan-out stops adding to it above
+		// DeliveriesMaxBytes (watchDeliveries), and the event log, which does
+		// refuse when full, takes up the slack.
+		AllowMsgSchedules: true,
+		Discard:           jetstream.DiscardOld,
+		Duplicates:        deliveriesDuplicateWindow,
 	}, {
 		Name:        deadLettersStream,
 		Description: "deliveries that failed their last attempt, with the reason",
@@ -275,8 +290,11 @@ func (q *Queue) declare(ctx context.Context, cfg QueueConfig) error {
 		if err != nil {
 			return fmt.Errorf("declare stream %s: %w", sc.Name, err)
 		}
-		if sc.Name == eventsStream {
+		switch sc.Name {
+		case eventsStream:
 			q.events = s
+		case deliveriesStream:
+			q.deliveries = s
 		}
 	}
 	var err error
@@ -294,7 +312,8 @@ func (q *Queue) declare(ctx context.Context, cfg QueueConfig) error {
 	}
 	q.deliver, err = q.js.CreateOrUpdateConsumer(ctx, deliveriesStream, jetstream.ConsumerConfig{
 		Durable:       deliverConsumer,
-		Description:   "attempts deliveries; retries are re-published with a not-before time",
+		Description:   "attempts deliveries; scheduled ones reach it when due",
+		FilterSubject: deliveriesSubjectPrefix + ">",
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       cfg.DeliverAckWait,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
@@ -305,6 +324,29 @@ func (q *Queue) declare(ctx context.Context, cfg QueueConfig) error {
 		return fmt.Errorf("declare consumer %s: %w", deliverConsumer, err)
 	}
 	return nil
+}
+
+// watchDeliveries keeps deliveriesFull up to date until ctx is done. The
+// bound is checked every deliveriesCheckEvery, so it may be overshot by what
+// fan-out stores in that time.
+func (q *Queue) watchDeliveries(ctx context.Context, maxBytes int64, log logr.Logger) {
+	t := time.NewTicker(deliveriesCheckEvery)
+	defer t.Stop()
+	for {
+		info, err := q.deliveries.Info(ctx)
+		if err == nil && maxBytes > 0 {
+			full := info.State.Bytes > uint64(maxBytes)
+			if q.deliveriesFull.Swap(full) != full {
+				log.Info("pending deliveries over their size limit: fan-out waits", "full", full,
+					"bytes", info.State.Bytes, "limit", maxBytes)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // Connected reports whether the connection to JetStream is up.

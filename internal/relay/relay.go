@@ -110,13 +110,15 @@ type Config struct {
 
 // Relay is one relay process.
 type Relay struct {
-	cfg      Config
-	log      logr.Logger
-	queue    *Queue
-	client   *delivery.Client
-	stats    *stats
-	metrics  *metrics
-	inflight *inflight
+	cfg     Config
+	log     logr.Logger
+	queue   *Queue
+	client  *delivery.Client
+	stats   *stats
+	metrics *metrics
+	slots   *slots
+	// attempts counts the goroutines running attempts.
+	attempts sync.WaitGroup
 	limiters *limiters
 	breaker  *breaker
 	routes   atomic.Pointer[routing.Routes]
@@ -139,11 +141,10 @@ type Relay struct {
 // New builds a relay; Run starts it.
 func New(cfg Config) *Relay {
 	r := &Relay{
-		cfg:   cfg,
-		log:   cfg.Log,
-		stats: newStats(),
-		inflight: &inflight{limit: cfg.MaxInFlightPerSubscription, ackWait: cfg.Queue.DeliverAckWait, replicas: cfg.Replicas,
-			n: map[string]int{}, parked: map[string][]*pendingDelivery{}},
+		cfg:        cfg,
+		log:        cfg.Log,
+		stats:      newStats(),
+		slots:      newSlots(cfg.Workers, cfg.MaxInFlightPerSubscription, cfg.Queue.MaxAckPending, cfg.Replicas),
 		limiters:   newLimiters(cfg.Replicas),
 		breaker:    newBreaker(cfg.Breaker),
 		firstLoad:  make(chan struct{}),
@@ -238,23 +239,20 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 		})
 	}
-	work := make(chan *pendingDelivery)
-	var workers sync.WaitGroup
-	for range r.cfg.Workers {
-		workers.Go(func() { r.worker(workCtx, work) })
-	}
+	wg.Go(func() { r.keepParked(workCtx) })
+	wg.Go(func() { q.watchDeliveries(workCtx, r.cfg.Queue.DeliveriesMaxBytes, r.log) })
 	pumpErr := make(chan error, 2)
-	wg.Go(func() {
+	var pumps sync.WaitGroup
+	pumps.Go(func() {
 		if err := r.pump(fanoutMsgs, fanoutConsumer, func(m jetstream.Msg) { events <- m }); err != nil {
 			pumpErr <- err
 		}
 		close(events)
 	})
-	wg.Go(func() {
-		if err := r.pump(deliverMsgs, deliverConsumer, func(m jetstream.Msg) { r.dispatch(workCtx, m, work) }); err != nil {
+	pumps.Go(func() {
+		if err := r.pump(deliverMsgs, deliverConsumer, func(m jetstream.Msg) { r.dispatch(workCtx, m) }); err != nil {
 			pumpErr <- err
 		}
-		close(work)
 	})
 
 	r.ingestServer = newServer(r.ingestHandler())
@@ -278,7 +276,13 @@ func (r *Relay) Run(ctx context.Context) error {
 	fanoutMsgs.Drain()
 	deliverMsgs.Drain()
 	finished := make(chan struct{})
-	go func() { workers.Wait(); close(finished) }()
+	go func() {
+		// The pumps end once the drained messages are dispatched; only then
+		// can no new attempt start.
+		pumps.Wait()
+		r.attempts.Wait()
+		close(finished)
+	}()
 	select {
 	case <-finished:
 	case <-time.After(r.cfg.ShutdownTimeout):
@@ -286,6 +290,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		stopWork()
 		<-finished
 	}
+	stopWork()
 	wg.Wait()
 	return runErr
 }

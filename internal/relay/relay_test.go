@@ -221,14 +221,7 @@ func TestDelivery_RefusesLoopbackUnlessAllowed(t *testing.T) {
 }
 
 func TestDelivery_SlowEndpointDoesNotDelayOthers(t *testing.T) {
-	release := make(chan struct{})
-	slow := newEndpoint(t, http.StatusOK)
-	slow.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-release:
-		case <-r.Context().Done():
-		}
-	})
+	slow, release := newHangingEndpoint(t)
 	fast := newEndpoint(t, http.StatusOK)
 	tr := startRelay(t, table(
 		routeYAML("ns/slow", slow.URL, `["task.created"]`, "    timeout: 1m\n"),
@@ -245,10 +238,7 @@ func TestDelivery_SlowEndpointDoesNotDelayOthers(t *testing.T) {
 	for range n {
 		fast.next(t, 20*time.Second)
 	}
-	tr.inflight.mu.Lock()
-	slowRunning := tr.inflight.n["ns/slow"]
-	tr.inflight.mu.Unlock()
-	if slowRunning > tr.cfg.MaxInFlightPerSubscription {
+	if slowRunning, _ := tr.slots.laneOf("ns/slow"); slowRunning > tr.cfg.MaxInFlightPerSubscription {
 		t.Fatalf("slow subscription runs %d attempts, cap is %d", slowRunning, tr.cfg.MaxInFlightPerSubscription)
 	}
 }

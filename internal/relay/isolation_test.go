@@ -1,0 +1,114 @@
+package relay
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The deliver consumer is shared by every subscription: these tests check
+// that what waits (a retry not yet due, the backlog of an endpoint that
+// hangs) waits outside its pending set, where it cannot starve the others.
+
+func consumerPending(t *testing.T, tr *testRelay) int {
+	t.Helper()
+	info, err := tr.queue.deliver.Info(context.Background())
+	if err != nil {
+		t.Fatalf("consumer info: %v", err)
+	}
+	return info.NumAckPending
+}
+
+func scheduledCount(t *testing.T, tr *testRelay) uint64 {
+	t.Helper()
+	info, err := tr.queue.deliveries.Info(context.Background(), jetstream.WithSubjectFilter(scheduledSubjectPrefix+">"))
+	if err != nil {
+		t.Fatalf("stream info: %v", err)
+	}
+	var n uint64
+	for _, c := range info.State.Subjects {
+		n += c
+	}
+	return n
+}
+
+func TestDelivery_WaitingRetryHoldsNoPlaceInThePendingSet(t *testing.T) {
+	ep := newEndpoint(t, http.StatusInternalServerError)
+	tr := startRelay(t, table(routeYAML("ns/a", ep.URL, `["*"]`, "    retry: {maxRetries: 1, interval: 4s}\n")), allowLoopback)
+	tr.mustPost(t, seedEvent(t, "task.created"))
+	first := ep.next(t, 10*time.Second)
+	ep.setStatus(http.StatusOK)
+
+	eventually(t, 5*time.Second, "retry stored as a scheduled message", func() bool { return scheduledCount(t, tr) == 1 })
+	if n := consumerPending(t, tr); n != 0 {
+		t.Fatalf("the waiting retry holds %d places in the consumer's pending set, want 0", n)
+	}
+	second := ep.next(t, 15*time.Second)
+	if gap := second.at.Sub(first.at); gap < 4*time.Second {
+		t.Fatalf("retry came %s after the first attempt, interval is 4s", gap)
+	}
+	if a, b := first.header.Get("X-Involveo-Delivery"), second.header.Get("X-Involveo-Delivery"); a != b || a == "" {
+		t.Fatalf("delivery ids %q and %q, want one stable id", a, b)
+	}
+	eventually(t, 5*time.Second, "scheduled message gone once fired", func() bool { return scheduledCount(t, tr) == 0 })
+}
+
+func TestDelivery_HangingEndpointCannotFillThePendingSet(t *testing.T) {
+	const maxAckPending = 40
+	hang, release := newHangingEndpoint(t)
+	healthy := newEndpoint(t, http.StatusOK)
+	tr := startRelay(t, table(
+		routeYAML("ns/hang", hang.URL, `["task.created"]`, "    timeout: 1m\n"),
+		routeYAML("ns/healthy", healthy.URL, `["task.*"]`, ""),
+	), allowLoopback, func(c *Config) { c.Queue.MaxAckPending = maxAckPending })
+	defer close(release)
+
+	// Five times the consumer's pending set for the hanging endpoint alone.
+	const n = 5 * maxAckPending
+	for range n {
+		tr.mustPost(t, seedEvent(t, "task.created"))
+	}
+	began := time.Now()
+	for range n {
+		healthy.next(t, 30*time.Second)
+	}
+	t.Logf("healthy subscription got its %d deliveries in %s", n, time.Since(began).Round(time.Millisecond))
+	if running, _ := tr.slots.laneOf("ns/hang"); running > tr.cfg.MaxInFlightPerSubscription {
+		t.Fatalf("hanging subscription runs %d attempts, cap is %d", running, tr.cfg.MaxInFlightPerSubscription)
+	}
+	if scheduledCount(t, tr) == 0 {
+		t.Fatal("the hanging endpoint's backlog is not waiting as scheduled messages")
+	}
+}
+
+func TestFanout_WaitsWhilePendingDeliveriesAreOverTheirLimit(t *testing.T) {
+	ep := newEndpoint(t, http.StatusInternalServerError)
+	tr := startRelay(t, table(routeYAML("ns/a", ep.URL, `["*"]`, "    retry: {maxRetries: 3, interval: 1h}\n")), allowLoopback,
+		func(c *Config) { c.Queue.DeliveriesMaxBytes = 1 })
+	ctx := context.Background()
+	tr.mustPost(t, seedEvent(t, "task.created"))
+	ep.next(t, 10*time.Second)
+	// The retry waiting an hour puts the stream over its one-byte limit.
+	eventually(t, 10*time.Second, "deliveries marked full", tr.queue.deliveriesFull.Load)
+
+	ep.setStatus(http.StatusOK)
+	tr.mustPost(t, seedEvent(t, "task.deleted"))
+	eventually(t, 10*time.Second, "second event held by fan-out", func() bool {
+		info, err := tr.queue.fanout.Info(ctx)
+		return err == nil && info.NumAckPending == 1
+	})
+	if info, err := tr.queue.deliveries.Info(ctx); err != nil || info.State.Msgs != 1 {
+		t.Fatalf("deliveries stream holds %v messages (err %v), want only the waiting retry", info.State.Msgs, err)
+	}
+
+	if err := tr.queue.deliveries.Purge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := ep.next(t, 10*time.Second)
+	if typ := got.header.Get("X-Involveo-Event"); typ != "task.deleted" {
+		t.Fatalf("delivered %q after the stream had room again, want task.deleted", typ)
+	}
+}

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -123,6 +124,59 @@ func TestAttempts_LogNewestFirstWithoutSecrets(t *testing.T) {
 	}
 	if code := adminJSON(t, "GET", tr.admin+health.SubscriptionPath(health.AttemptsPath, "ns", "nope"), nil); code != 404 {
 		t.Fatalf("unknown subscription answered %d", code)
+	}
+}
+
+func TestAttempts_BatchedLogPagesThroughEveryAttemptOnce(t *testing.T) {
+	ep := newEndpoint(t, http.StatusOK)
+	tr := startRelay(t, table(routeYAML("ns/crm", ep.URL, `["*"]`, "")), allowLoopback)
+	const n = 40
+	for range n {
+		tr.mustPost(t, seedEvent(t, "task.created"))
+	}
+	for range n {
+		ep.next(t, 10*time.Second)
+	}
+	var all health.Page[health.Attempt]
+	eventually(t, 5*time.Second, "every attempt logged", func() bool {
+		adminJSON(t, "GET", tr.subURL(health.AttemptsPath)+"?limit=500", &all)
+		return len(all.Items) == n
+	})
+	// Attempts that finish together share a log message; pages must still
+	// cut between them and never repeat or skip one.
+	info, err := tr.queue.js.Stream(context.Background(), attemptsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msgs := info.CachedInfo().State.Msgs; msgs >= n {
+		t.Fatalf("%d log messages for %d attempts: nothing was batched", msgs, n)
+	}
+	seen := map[string]bool{}
+	cursor := ""
+	for pages := 0; ; pages++ {
+		if pages > n {
+			t.Fatal("paging does not end")
+		}
+		var page health.Page[health.Attempt]
+		adminJSON(t, "GET", tr.subURL(health.AttemptsPath)+"?limit=7&after="+cursor, &page)
+		for _, a := range page.Items {
+			if seen[a.DeliveryID] {
+				t.Fatalf("delivery %s listed twice", a.DeliveryID)
+			}
+			seen[a.DeliveryID] = true
+		}
+		if page.Next == "" {
+			break
+		}
+		cursor = page.Next
+	}
+	if len(seen) != n {
+		t.Fatalf("paging listed %d attempts, want %d", len(seen), n)
+	}
+	for i := 1; i < len(all.Items); i++ {
+		if all.Items[i].Time.After(all.Items[i-1].Time) {
+			t.Fatalf("attempt %d is newer than the one listed before it", i)
+		}
 	}
 }
 

@@ -117,6 +117,8 @@ type Relay struct {
 	stats   *stats
 	metrics *metrics
 	slots   *slots
+	// attemptLog batches the delivery log.
+	attemptLog *attemptLog
 	// attempts counts the goroutines running attempts.
 	attempts sync.WaitGroup
 	limiters *limiters
@@ -144,6 +146,7 @@ func New(cfg Config) *Relay {
 		cfg:        cfg,
 		log:        cfg.Log,
 		stats:      newStats(),
+		attemptLog: newAttemptLog(),
 		slots:      newSlots(cfg.Workers, cfg.MaxInFlightPerSubscription, cfg.Queue.MaxAckPending, cfg.Replicas),
 		limiters:   newLimiters(cfg.Replicas),
 		breaker:    newBreaker(cfg.Breaker),
@@ -240,6 +243,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		})
 	}
 	wg.Go(func() { r.keepParked(workCtx) })
+	wg.Go(func() { r.flushAttempts(workCtx) })
 	wg.Go(func() { q.watchDeliveries(workCtx, r.cfg.Queue.DeliveriesMaxBytes, r.log) })
 	pumpErr := make(chan error, 2)
 	var pumps sync.WaitGroup

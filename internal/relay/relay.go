@@ -43,6 +43,10 @@ const (
 	// fanoutWorkers is how many events are fanned out at once; each waits for
 	// JetStream to store its deliveries, so a few overlap those waits.
 	fanoutWorkers = 4
+	// fanoutPull is how many events a relay pulls at once: large batches
+	// save pull requests, and 16 per worker still leaves a 1,000-way fan-out
+	// per event well within fanoutAckWait.
+	fanoutPull = 16 * fanoutWorkers
 )
 
 // Defaults of cmd/relay's flags that tests and benchmarks share.
@@ -223,7 +227,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	workCtx, stopWork := context.WithCancel(context.Background())
 	defer stopWork()
 	var wg sync.WaitGroup
-	fanoutMsgs, err := q.fanout.Messages(jetstream.PullMaxMessages(4*fanoutWorkers), jetstream.PullHeartbeat(pullHeartbeat))
+	fanoutMsgs, err := q.fanout.Messages(jetstream.PullMaxMessages(fanoutPull), jetstream.PullHeartbeat(pullHeartbeat))
 	if err != nil {
 		_ = ingestLn.Close()
 		return fmt.Errorf("consume events: %w", err)

@@ -68,7 +68,7 @@ bench: ## Benchmark the relay end to end (events/s, p50/p99), embedded and on a 
 	$(GO) test -run='^$$' -bench='$(BENCH)' -benchtime=$(BENCHTIME) -count=$(BENCHCOUNT) -timeout=20m ./internal/relay/
 
 .PHONY: bench-isolation
-bench-isolation: ## Healthy subscriptions' p50/p99 with and without one that hangs on half the events (one run of about a minute).
+bench-isolation: ## Healthy subscriptions' p50/p99 with and without one that hangs on half the events (three runs of about 30 s).
 	$(GO) test -run='^$$' -bench='^BenchmarkRelay_Isolation$$' -benchtime=1x -count=1 -timeout=10m ./internal/relay/
 
 .PHONY: bench-manager

@@ -35,17 +35,25 @@ import (
 func BenchmarkRelay_Isolation(b *testing.B) {
 	var baselineP99 time.Duration
 	b.Run("without-hanging", func(b *testing.B) {
-		lat := runIsolation(b, nil)
+		lat := runIsolation(b, nil, DefaultMaxAckPending)
 		baselineP99 = percentile(lat, 99)
 	})
-	b.Run("with-hanging", func(b *testing.B) {
-		hang := newHangingSink(b)
-		lat := runIsolation(b, hang)
-		if baselineP99 > 0 {
-			b.ReportMetric(float64(percentile(lat, 99))/float64(baselineP99), "p99-ratio")
+	withHanging := func(maxAckPending int) func(b *testing.B) {
+		return func(b *testing.B) {
+			hang := newHangingSink(b)
+			lat := runIsolation(b, hang, maxAckPending)
+			if baselineP99 > 0 {
+				b.ReportMetric(float64(percentile(lat, 99))/float64(baselineP99), "p99-ratio")
+			}
+			b.ReportMetric(float64(hang.attempts.Load()), "hanging-attempts")
 		}
-		b.ReportMetric(float64(hang.attempts.Load()), "hanging-attempts")
-	})
+	}
+	b.Run("with-hanging", withHanging(DefaultMaxAckPending))
+	// With the default pending set, 30 s are too short for the hanging
+	// subscription's backlog to outgrow it; a pending set smaller than that
+	// backlog shows what happens when it does (with a relay that kept
+	// waiting deliveries in it, every subscription stalled for minutes).
+	b.Run("with-hanging-small-pending-set", withHanging(isolationSmallPending))
 }
 
 const (
@@ -64,16 +72,20 @@ const (
 	// isolationHangTimeout is the hanging route's timeout: when the relay
 	// gives up on an attempt, and frees the worker.
 	isolationHangTimeout = "5s"
+	// isolationSmallPending is a deliver consumer MaxAckPending below the
+	// hanging subscription's backlog at the end of the run.
+	isolationSmallPending = 1000
 	// isolationHangTypes are two of the four seed types the producers
 	// cycle through: half of the events.
 	isolationHangTypes = `["task.created", "task.published"]`
 )
 
-// runIsolation runs a relay with the production defaults, the healthy
+// runIsolation runs a relay with the production defaults (but
+// maxAckPending), the healthy
 // subscriptions and, unless hang is nil, the hanging one; paces the
 // producers for isolationFor; waits for every healthy delivery and reports
 // and returns their latencies, sorted.
-func runIsolation(b *testing.B, hang *hangingSink) []time.Duration {
+func runIsolation(b *testing.B, hang *hangingSink, maxAckPending int) []time.Duration {
 	events := isolationRate * int(isolationFor/time.Second)
 	sink := newBenchSink(b, isolationHealthy, events)
 	entries := sink.routeEntries()
@@ -81,7 +93,9 @@ func runIsolation(b *testing.B, hang *hangingSink) []time.Duration {
 		entries = append(entries, routeYAML("bench/hanging", hang.URL+"/hook", isolationHangTypes,
 			"    timeout: "+isolationHangTimeout+"\n"))
 	}
-	ingestURL := runBenchRelay(b, benchRelayConfig(b), compile(b, table(entries...)))
+	cfg := benchRelayConfig(b)
+	cfg.Queue.MaxAckPending = maxAckPending
+	ingestURL := runBenchRelay(b, cfg, compile(b, table(entries...)))
 	client := newBenchClient(b)
 	bodies := newBenchBodies(b)
 

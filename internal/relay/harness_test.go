@@ -169,9 +169,11 @@ func (tr *testRelay) stop() {
 	<-tr.done
 }
 
+// logger logs through the test under -v; a fuzz target's *testing.F has no
+// testr logger.
 func logger(t testing.TB) logr.Logger {
-	if testing.Verbose() {
-		return testr.New(t.(*testing.T))
+	if tt, ok := t.(*testing.T); ok && testing.Verbose() {
+		return testr.New(tt)
 	}
 	return logr.Discard()
 }

@@ -80,9 +80,10 @@ func parseDelivery(msg jetstream.Msg) (*pendingDelivery, error) {
 	return d, nil
 }
 
-// dispatch takes one delivery from JetStream and never blocks: it starts
-// the delivery (or parked ones whose turn came), parks it, or moves it out of
-// the consumer's pending set until it can run (hold, postpone).
+// dispatch takes one delivery from JetStream: it starts the delivery (or
+// parked ones whose turn came), parks it, or moves it out of the consumer's
+// pending set until it can run (hold, postpone). It waits only when the
+// relay as a whole has no room, which is when pulling more would not help.
 func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg) {
 	d, err := parseDelivery(msg)
 	if err != nil {
@@ -106,12 +107,26 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg) {
 		r.hold(d, time.Now().Add(hold))
 		return
 	}
-	start, taken := r.slots.admit(d, route)
-	if !taken {
-		r.postpone(d)
-		return
+	for {
+		start, evicted, v := r.slots.admit(d, route)
+		for _, e := range evicted {
+			r.postpone(e)
+		}
+		switch v {
+		case taken:
+			r.start(ctx, start)
+			return
+		case laneFull:
+			r.postpone(d)
+			return
+		}
+		select {
+		case <-r.slots.room:
+		case <-ctx.Done():
+			_ = msg.Nak()
+			return
+		}
 	}
-	r.start(ctx, start)
 }
 
 // start runs each delivery on a goroutine of its own; the slots have already

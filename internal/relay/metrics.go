@@ -46,7 +46,7 @@ func newMetrics(pending func() float64) *metrics {
 		}, []string{"subscription", "result"}),
 		moved: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "involveo_relay_deliveries_moved_total",
-			Help: "Deliveries stored back in JetStream to wait, by reason (held: endpoint paused or retry not due; postponed: no room to run now).",
+			Help: "Deliveries stored back in JetStream to wait, by reason (held: endpoint paused or retry not due; bounced: no room to run, handed back briefly; postponed: still no room).",
 		}, []string{"reason"}),
 		revision: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "involveo_relay_routing_revision_info",

@@ -149,6 +149,13 @@ func OpenQueue(ctx context.Context, cfg QueueConfig, log logr.Logger) (*Queue, e
 			log.Error(err, "disconnected from NATS")
 		}),
 		nats.ReconnectHandler(func(*nats.Conn) { log.Info("reconnected to NATS") }),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			log.Error(err, "NATS connection error", "subscription", subject)
+		}),
 		nats.ClosedHandler(func(*nats.Conn) { close(q.closed) }),
 	)
 	conn, err := nats.Connect(url, opts...)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -37,9 +38,13 @@ const (
 	// maxHeaderBytes is far above what the producer sends and far below
 	// Go's 1 MiB default.
 	maxHeaderBytes = 32 << 10
-	// pullHeartbeat lets a relay notice within seconds that the leader of a
+	// fetchWait bounds one pull request: how long a relay waits for work
+	// before asking again, and so how soon it notices that the leader of a
 	// consumer it pulls from is gone, instead of after the 30 s default.
-	pullHeartbeat = 2 * time.Second
+	fetchWait = 500 * time.Millisecond
+	// fetchRetryDelay spaces pull requests that failed (no leader yet,
+	// reconnecting).
+	fetchRetryDelay = 250 * time.Millisecond
 	// fanoutWorkers is how many events are fanned out at once; each waits for
 	// JetStream to store its deliveries, so a few overlap those waits.
 	fanoutWorkers = 4
@@ -227,17 +232,6 @@ func (r *Relay) Run(ctx context.Context) error {
 	workCtx, stopWork := context.WithCancel(context.Background())
 	defer stopWork()
 	var wg sync.WaitGroup
-	fanoutMsgs, err := q.fanout.Messages(jetstream.PullMaxMessages(fanoutPull), jetstream.PullHeartbeat(pullHeartbeat))
-	if err != nil {
-		_ = ingestLn.Close()
-		return fmt.Errorf("consume events: %w", err)
-	}
-	deliverMsgs, err := q.deliver.Messages(jetstream.PullMaxMessages(2*r.cfg.Workers), jetstream.PullHeartbeat(pullHeartbeat))
-	if err != nil {
-		fanoutMsgs.Stop()
-		_ = ingestLn.Close()
-		return fmt.Errorf("consume deliveries: %w", err)
-	}
 	events := make(chan jetstream.Msg)
 	for range fanoutWorkers {
 		wg.Go(func() {
@@ -250,15 +244,16 @@ func (r *Relay) Run(ctx context.Context) error {
 	wg.Go(func() { r.flushAttempts(workCtx) })
 	wg.Go(func() { q.watchDeliveries(workCtx, r.cfg.Queue.DeliveriesMaxBytes, r.log) })
 	pumpErr := make(chan error, 2)
+	stopPulling := make(chan struct{})
 	var pumps sync.WaitGroup
 	pumps.Go(func() {
-		if err := r.pump(fanoutMsgs, fanoutConsumer, func(m jetstream.Msg) { events <- m }); err != nil {
+		if err := r.pump(stopPulling, q.fanout, fanoutConsumer, fanoutPull, func(m jetstream.Msg) { events <- m }); err != nil {
 			pumpErr <- err
 		}
 		close(events)
 	})
 	pumps.Go(func() {
-		if err := r.pump(deliverMsgs, deliverConsumer, func(m jetstream.Msg) { r.dispatch(workCtx, m) }); err != nil {
+		if err := r.pump(stopPulling, q.deliver, deliverConsumer, 2*r.cfg.Workers, func(m jetstream.Msg) { r.dispatch(workCtx, m) }); err != nil {
 			pumpErr <- err
 		}
 	})
@@ -279,10 +274,9 @@ func (r *Relay) Run(ctx context.Context) error {
 		r.log.Error(runErr, "stopped taking work from JetStream; shutting down so the relay restarts")
 	}
 	shutdownServer(r.ingestServer, ingestDone)
-	// Drain, not Stop: messages already pulled are still handed to the
-	// workers (or handed back), instead of waiting out their AckWait.
-	fanoutMsgs.Drain()
-	deliverMsgs.Drain()
+	// The pumps finish the batch in hand: messages already pulled are still
+	// dispatched (or handed back), instead of waiting out their AckWait.
+	close(stopPulling)
 	finished := make(chan struct{})
 	go func() {
 		// The pumps end once the drained messages are dispatched; only then
@@ -303,22 +297,43 @@ func (r *Relay) Run(ctx context.Context) error {
 	return runErr
 }
 
-// pump feeds every message of a pull subscription to handle until Stop. A
-// missed heartbeat means the consumer's leader moved or died (a JetStream
-// node went away): the iterator pulls again from the new leader, so pumping
-// goes on. Any other error ends it.
-func (r *Relay) pump(msgs jetstream.MessagesContext, consumer string, handle func(jetstream.Msg)) error {
+// pump fetches batches from a consumer and hands every message to handle
+// until stop is closed, finishing the batch in hand. Each pull request
+// lives at most fetchWait, so a consumer whose leader moved or died (a
+// JetStream node went away) is asked again within seconds. Errors that a new
+// leader or a reconnect cures are retried; a consumer that is gone or a
+// closed connection ends the pump.
+//
+// Fetch, not the Messages iterator: under a saturating fan-out the
+// iterator's count of outstanding messages drifted from the server's (no
+// pull request left on the server, the client waiting for messages it had
+// asked for), and only the missed-heartbeat timeout ended each stall.
+func (r *Relay) pump(stop <-chan struct{}, c jetstream.Consumer, name string, batch int, handle func(jetstream.Msg)) error {
 	for {
-		msg, err := msgs.Next()
-		switch {
-		case err == nil:
-			handle(msg)
-		case errors.Is(err, jetstream.ErrMsgIteratorClosed):
+		select {
+		case <-stop:
 			return nil
-		case errors.Is(err, jetstream.ErrNoHeartbeat):
-			r.log.Info("no heartbeat from JetStream; pulling again", "consumer", consumer)
 		default:
-			return fmt.Errorf("consume %s: %w", consumer, err)
+		}
+		b, err := c.Fetch(batch, jetstream.FetchMaxWait(fetchWait))
+		if err != nil {
+			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+				errors.Is(err, nats.ErrConnectionClosed) {
+				return fmt.Errorf("consume %s: %w", name, err)
+			}
+			r.log.V(1).Info("pull request failed; asking again", "consumer", name, "error", err.Error())
+			select {
+			case <-stop:
+				return nil
+			case <-time.After(fetchRetryDelay):
+			}
+			continue
+		}
+		for msg := range b.Messages() {
+			handle(msg)
+		}
+		if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			r.log.V(1).Info("pull request ended early", "consumer", name, "error", err.Error())
 		}
 	}
 }

@@ -26,7 +26,8 @@ import (
 //   - retries wait for the subscription's interval (retry);
 //   - deliveries of a paused endpoint wait for its next probe (hold);
 //   - deliveries that found their subscription's window and parking full
-//     wait 2 s, 4 s, 8 s, ... up to postponeMax (postpone), so a backlog
+//     are handed back briefly twice, then wait 2 s, 4 s, 8 s, ... up to
+//     postponeMax (postpone), so a backlog
 //     behind a slow endpoint costs one re-publish per delivery per
 //     postponeMax at worst, not a bounce per second.
 const (
@@ -34,6 +35,10 @@ const (
 	// nakHoldMax is the longest wait left in the pending set (a
 	// NakWithDelay): shorter than one scheduler tick is not worth a publish.
 	nakHoldMax = 2 * time.Second
+	// bounceMax is how many times a delivery without room is handed back
+	// for bounceDelay (plus jitter) before it is postponed for real.
+	bounceMax   = 2
+	bounceDelay = 250 * time.Millisecond
 	// postponeBase and postponeMax bound the waits of postponed deliveries.
 	// The base is nakHoldMax: a postponed delivery always leaves the pending
 	// set, or it would bounce there without ever counting as postponed.
@@ -48,7 +53,15 @@ func (r *Relay) hold(d *pendingDelivery, due time.Time) {
 }
 
 // postpone moves d out of the way for longer each time it found no room.
+// The first few times it only goes back to JetStream for a moment: a burst
+// (a new subscription whose pace is not known yet, a spike) clears within
+// that, and only a lasting surplus costs a re-publish.
 func (r *Relay) postpone(d *pendingDelivery) {
+	if meta, err := d.msg.Metadata(); err == nil && meta.NumDelivered <= bounceMax {
+		_ = d.msg.NakWithDelay(bounceDelay + rand.N(bounceDelay))
+		r.metrics.moved.WithLabelValues("bounced").Inc()
+		return
+	}
 	wait := min(postponeBase<<min(d.postponed, 20), postponeMax)
 	// Jitter spreads a backlog's returns so it does not come back as one burst.
 	wait += rand.N(wait / 2)

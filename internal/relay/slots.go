@@ -15,7 +15,7 @@ const (
 	parkHorizon = 10 * time.Second
 	// initialLatency is the pace assumed for a subscription before its first
 	// attempt finishes.
-	initialLatency = time.Second
+	initialLatency = 100 * time.Millisecond
 	// latencyWeight is the weight of the newest attempt in a lane's moving
 	// average of attempt durations.
 	latencyWeight = 0.2
@@ -33,12 +33,15 @@ const (
 //   - all subscriptions together run at most Workers attempts; when that is
 //     the limit, subscriptions waiting for a slot take turns (round robin);
 //   - a delivery that may not start yet is parked in memory, up to
-//     parkHorizon of work at the subscription's pace and half of the
-//     consumer's MaxAckPending in all; whatever does not fit goes back to the
-//     caller, which moves it out of the consumer's pending set.
+//     parkHorizon of work at the subscription's pace: what a subscription
+//     cannot park goes back to the caller, which moves it out of the
+//     consumer's pending set (that subscription is the bottleneck);
+//   - parking holds at most half of the consumer's MaxAckPending in all:
+//     when that is full the relay as a whole is the bottleneck, and the
+//     dispatcher waits for room instead of pulling more.
 //
-// Nothing blocks: the dispatcher only counts, and a finishing attempt hands
-// its goroutine to the next parked delivery.
+// The dispatcher only counts, and a finishing attempt hands its goroutine to
+// the next parked delivery.
 type slots struct {
 	mu sync.Mutex
 	// workers bounds running attempts; parkBudget bounds parked deliveries,
@@ -50,6 +53,8 @@ type slots struct {
 	running  int
 	parked   int
 	lanes    map[string]*lane
+	// room wakes a dispatcher that found parking full.
+	room chan struct{}
 	// turns lists subscriptions with parked deliveries that wait for a free
 	// worker rather than for their own window.
 	turns []string
@@ -60,9 +65,14 @@ type lane struct {
 	running int
 	// window is the adaptive cap, 0 until the lane is first used.
 	window int
-	// latency is the moving average of the lane's attempt durations.
+	// latency is the moving average of the lane's attempt durations, 0
+	// until one finished.
 	latency time.Duration
-	parked  []*pendingDelivery
+	// progress is when an attempt last finished, or the lane last started
+	// running: an endpoint that hangs shows as no progress long before its
+	// first timeout updates latency.
+	progress time.Time
+	parked   []*pendingDelivery
 	// queued is set while the lane is in turns.
 	queued bool
 }
@@ -74,6 +84,7 @@ func newSlots(workers, limit, maxAckPending, replicas int) *slots {
 		// can start, however many are parked.
 		parkBudget: max(maxAckPending/2, 1),
 		lanes:      map[string]*lane{},
+		room:       make(chan struct{}, 1),
 	}
 }
 
@@ -88,7 +99,7 @@ func (s *slots) limitOf(route *routing.Route) int {
 func (s *slots) lane(id string, limit int) *lane {
 	l, ok := s.lanes[id]
 	if !ok {
-		l = &lane{window: limit, latency: initialLatency}
+		l = &lane{window: limit}
 		s.lanes[id] = l
 	}
 	l.window = min(l.window, limit)
@@ -96,32 +107,83 @@ func (s *slots) lane(id string, limit int) *lane {
 }
 
 // parkLimit is how many deliveries a lane may park: parkHorizon of work at
-// its pace, and for a rate-limited route no more than its share of the rate
-// starts in that time.
-func (s *slots) parkLimit(l *lane, route *routing.Route) int {
-	n := l.window * max(1, int(parkHorizon/max(l.latency, time.Millisecond)))
+// its pace, for a rate-limited route no more than its share of the rate
+// starts in that time, and never more than half of all parking, so that one
+// subscription cannot fill it.
+func (s *slots) parkLimit(l *lane, route *routing.Route, now time.Time) int {
+	pace := l.latency
+	if pace == 0 {
+		pace = initialLatency
+	}
+	if l.running > 0 {
+		pace = max(pace, now.Sub(l.progress))
+	}
+	n := l.window * max(1, int(parkHorizon/max(pace, time.Millisecond)))
 	if route != nil && route.RatePerSecond > 0 {
 		perRelay := route.RatePerSecond / float64(s.replicas)
 		n = min(n, max(1, int(perRelay*parkHorizon.Seconds())))
 	}
-	return min(n, s.parkBudget)
+	return min(n, max(s.parkBudget/2, 1))
 }
 
-// admit takes d: it returns the deliveries to start now (d itself, or
-// parked ones whose turn came) and whether d was taken at all. A delivery
-// that was not taken fits neither a slot nor the parking: the caller moves
-// it out of the way.
-func (s *slots) admit(d *pendingDelivery, route *routing.Route) (start []*pendingDelivery, taken bool) {
+// evict takes from a lane what it parked beyond its limit.
+func (s *slots) evict(l *lane, limit int) []*pendingDelivery {
+	if len(l.parked) <= limit {
+		return nil
+	}
+	evicted := append([]*pendingDelivery(nil), l.parked[limit:]...)
+	clear(l.parked[limit:])
+	l.parked = l.parked[:limit]
+	s.parked -= len(evicted)
+	s.roomSignal()
+	return evicted
+}
+
+// startLane counts a started attempt of l.
+func (s *slots) startLane(l *lane, now time.Time) {
+	if l.running == 0 {
+		l.progress = now
+	}
+	l.running++
+	s.running++
+}
+
+// verdict is what admit did with a delivery.
+type verdict int
+
+const (
+	// taken: started or parked; start lists what to run now.
+	taken verdict = iota
+	// laneFull: its subscription has parked all it may; the caller moves it
+	// out of the way.
+	laneFull
+	// relayFull: the relay as a whole has parked all it may; the caller
+	// waits on room and tries again, which holds back pulling more.
+	relayFull
+)
+
+// admit takes d if it can: it returns the deliveries to start now (d
+// itself, or parked ones whose turn came), those its lane parked beyond a
+// limit that shrank (to be moved out of the way) and the verdict.
+func (s *slots) admit(d *pendingDelivery, route *routing.Route) (start, evicted []*pendingDelivery, v verdict) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	now := time.Now()
 	l := s.lane(d.subscriptionID, s.limitOf(route))
 	if l.running < l.window && s.running < s.workers && len(l.parked) == 0 {
-		l.running++
-		s.running++
-		return []*pendingDelivery{d}, true
+		s.startLane(l, now)
+		return []*pendingDelivery{d}, nil, taken
 	}
-	if len(l.parked) >= s.parkLimit(l, route) || s.parked >= s.parkBudget {
-		return nil, false
+	limit := s.parkLimit(l, route, now)
+	evicted = s.evict(l, limit)
+	if len(l.parked) >= limit {
+		return nil, evicted, laneFull
+	}
+	// The relay's own limit next: when every subscription within its limit
+	// is busy, waiting is right for all of them, and postponing would only
+	// churn.
+	if s.parked >= s.parkBudget {
+		return nil, evicted, relayFull
 	}
 	d.parked = true
 	l.parked = append(l.parked, d)
@@ -130,7 +192,17 @@ func (s *slots) admit(d *pendingDelivery, route *routing.Route) (start []*pendin
 		// Only the pool holds it back: take a turn for the next free worker.
 		s.enqueue(d.subscriptionID, l)
 	}
-	return s.fill(), true
+	return s.fill(now), evicted, taken
+}
+
+// room is signalled when parking has room again after relayFull.
+func (s *slots) roomSignal() {
+	if s.parked < s.parkBudget {
+		select {
+		case s.room <- struct{}{}:
+		default:
+		}
+	}
 }
 
 func (s *slots) enqueue(id string, l *lane) {
@@ -163,6 +235,7 @@ const (
 func (s *slots) done(id string, route *routing.Route, o outcome, took time.Duration) (start, evicted []*pendingDelivery) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	now := time.Now()
 	limit := s.limitOf(route)
 	l := s.lane(id, limit)
 	switch o {
@@ -172,20 +245,20 @@ func (s *slots) done(id string, route *routing.Route, o outcome, took time.Durat
 		l.window = max(l.window/2, 1)
 	}
 	if o != aborted {
-		l.latency += time.Duration(latencyWeight * float64(took-l.latency))
+		if l.latency == 0 {
+			l.latency = took
+		} else {
+			l.latency += time.Duration(latencyWeight * float64(took-l.latency))
+		}
 	}
 	l.running--
 	s.running--
-	if keep := s.parkLimit(l, route); len(l.parked) > keep {
-		evicted = append(evicted, l.parked[keep:]...)
-		clear(l.parked[keep:])
-		l.parked = l.parked[:keep]
-		s.parked -= len(evicted)
-	}
+	l.progress = now
+	evicted = s.evict(l, s.parkLimit(l, route, now))
 	if len(l.parked) > 0 && l.running < l.window {
 		s.enqueue(id, l)
 	}
-	start = s.fill()
+	start = s.fill(now)
 	if l.running == 0 && len(l.parked) == 0 && !l.queued && l.window >= limit {
 		// Idle with its full window: nothing to remember, and a deleted
 		// subscription leaves nothing behind. A lane with a shrunk window is
@@ -197,7 +270,7 @@ func (s *slots) done(id string, route *routing.Route, o outcome, took time.Durat
 
 // fill starts parked deliveries, one lane at a time in turn, while the pool
 // has room.
-func (s *slots) fill() []*pendingDelivery {
+func (s *slots) fill(now time.Time) []*pendingDelivery {
 	var start []*pendingDelivery
 	for s.running < s.workers && len(s.turns) > 0 {
 		id := s.turns[0]
@@ -213,8 +286,8 @@ func (s *slots) fill() []*pendingDelivery {
 		l.parked[0] = nil
 		l.parked = l.parked[1:]
 		s.parked--
-		l.running++
-		s.running++
+		s.roomSignal()
+		s.startLane(l, now)
 		if len(l.parked) > 0 && l.running < l.window {
 			s.enqueue(id, l)
 		}

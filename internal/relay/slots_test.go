@@ -20,8 +20,8 @@ func TestSlots_WindowHalvesWithoutAnswerAndRegrowsOnSuccess(t *testing.T) {
 		{answered, 1}, {succeeded, 2}, {succeeded, 3}, {aborted, 3}, {unanswered, 1},
 	}
 	for i, st := range steps {
-		if start, taken := s.admit(pending("a"), route); !taken || len(start) != 1 {
-			t.Fatalf("step %d: delivery not started (taken %v, start %d)", i, taken, len(start))
+		if start, _, v := s.admit(pending("a"), route); v != taken || len(start) != 1 {
+			t.Fatalf("step %d: delivery not started (verdict %v, start %d)", i, v, len(start))
 		}
 		s.done("a", route, st.o, time.Millisecond)
 		if _, w := s.laneOf("a"); w != st.wantWindow {
@@ -34,7 +34,7 @@ func TestSlots_HangingEndpointHoldsOneWorkerAndParksLittle(t *testing.T) {
 	s := newSlots(100, 16, 1000, 1)
 	route := &routing.Route{ID: "hang", Timeout: 30 * time.Second}
 	for range 16 {
-		s.admit(pending("hang"), route)
+		_, _, _ = s.admit(pending("hang"), route)
 	}
 	// Every attempt times out: the window falls to one.
 	for range 16 {
@@ -44,17 +44,17 @@ func TestSlots_HangingEndpointHoldsOneWorkerAndParksLittle(t *testing.T) {
 	if window != 1 {
 		t.Fatalf("window %d after 16 timeouts, want 1", window)
 	}
-	taken := 0
+	took := 0
 	for range 100 {
-		if _, ok := s.admit(pending("hang"), route); ok {
-			taken++
+		if _, _, v := s.admit(pending("hang"), route); v == taken {
+			took++
 		}
 	}
 	running, _ = s.laneOf("hang")
 	// Parking holds parkHorizon of work at the lane's pace, which is about
 	// one attempt per timeout: one running, one parked.
-	if running != 1 || taken != 2 {
-		t.Fatalf("running %d, taken %d of 100; want 1 running and 2 taken", running, taken)
+	if running != 1 || took != 2 {
+		t.Fatalf("running %d, taken %d of 100; want 1 running and 2 taken", running, took)
 	}
 }
 
@@ -63,17 +63,17 @@ func TestSlots_FullPoolTakesTurnsAcrossSubscriptions(t *testing.T) {
 	a := &routing.Route{ID: "a", Timeout: time.Second}
 	b := &routing.Route{ID: "b", Timeout: time.Second}
 	for range 2 {
-		if start, _ := s.admit(pending("a"), a); len(start) != 1 {
+		if start, _, _ := s.admit(pending("a"), a); len(start) != 1 {
 			t.Fatal("first two deliveries of a should start")
 		}
 	}
 	for range 3 {
-		if start, taken := s.admit(pending("a"), a); !taken || len(start) != 0 {
-			t.Fatalf("a's surplus should park while the pool is full (taken %v, start %d)", taken, len(start))
+		if start, _, v := s.admit(pending("a"), a); v != taken || len(start) != 0 {
+			t.Fatalf("a's surplus should park while the pool is full (verdict %v, start %d)", v, len(start))
 		}
 	}
-	if start, taken := s.admit(pending("b"), b); !taken || len(start) != 0 {
-		t.Fatalf("b should park while the pool is full (taken %v, start %d)", taken, len(start))
+	if start, _, v := s.admit(pending("b"), b); v != taken || len(start) != 0 {
+		t.Fatalf("b should park while the pool is full (verdict %v, start %d)", v, len(start))
 	}
 	// a queued first, but a finishing attempt of a sends a to the back: b
 	// gets the freed worker.
@@ -91,7 +91,7 @@ func TestSlots_SlowingLaneEvictsWhatNoLongerFits(t *testing.T) {
 	s := newSlots(100, 4, 1000, 1)
 	route := &routing.Route{ID: "a", Timeout: time.Minute}
 	for range 4 + 40 {
-		s.admit(pending("a"), route)
+		_, _, _ = s.admit(pending("a"), route)
 	}
 	// The endpoint now takes a minute per attempt: parkHorizon covers less
 	// than one round of its window, so the parked surplus goes back.
@@ -104,17 +104,33 @@ func TestSlots_SlowingLaneEvictsWhatNoLongerFits(t *testing.T) {
 	}
 }
 
-func TestSlots_ParkingStaysWithinHalfOfMaxAckPending(t *testing.T) {
+func TestSlots_FullParkingHoldsTheDispatcherNotTheSubscription(t *testing.T) {
 	s := newSlots(1, 16, 40, 1)
-	taken := 0
+	route := func(id string) *routing.Route { return &routing.Route{ID: id, Timeout: time.Second} }
+	verdicts := map[verdict]int{}
 	for i := range 100 {
 		id := string(rune('a' + i%26))
-		if _, ok := s.admit(pending(id), &routing.Route{ID: id, Timeout: time.Second}); ok {
-			taken++
-		}
+		_, _, v := s.admit(pending(id), route(id))
+		verdicts[v]++
 	}
-	if want := 1 + 20; taken != want {
-		t.Fatalf("taken %d, want %d (one running, 20 parked)", taken, want)
+	// One runs, 20 (half of MaxAckPending) park, and the rest find the
+	// relay full: the dispatcher waits rather than moving them away.
+	if verdicts[taken] != 21 || verdicts[relayFull] != 79 || verdicts[laneFull] != 0 {
+		t.Fatalf("verdicts %v, want 21 taken and 79 relayFull", verdicts)
+	}
+	select {
+	case <-s.room:
+		t.Fatal("room signalled while parking is full")
+	default:
+	}
+	start, _ := s.done("a", route("a"), succeeded, time.Millisecond)
+	if len(start) != 1 {
+		t.Fatalf("a finished attempt started %d parked deliveries, want 1", len(start))
+	}
+	select {
+	case <-s.room:
+	default:
+		t.Fatal("no room signalled after a parked delivery started")
 	}
 }
 

@@ -141,3 +141,21 @@ func subs(ds []*pendingDelivery) []string {
 	}
 	return out
 }
+
+func TestSlots_LaneWithoutProgressParksLessBeforeItsFirstTimeout(t *testing.T) {
+	s := newSlots(100, 16, 100000, 1)
+	route := &routing.Route{ID: "a", Timeout: 5 * time.Minute}
+	for range 16 + 500 {
+		_, _, _ = s.admit(pending("a"), route)
+	}
+	if n := len(s.parkedDeliveries()); n != 500 {
+		t.Fatalf("parked %d with the pace unknown, want 500", n)
+	}
+	// None of the sixteen attempts has finished in a minute: the lane's
+	// pace is at least that, so it may park one round of its window.
+	s.lanes["a"].progress = time.Now().Add(-time.Minute)
+	_, evicted, v := s.admit(pending("a"), route)
+	if v != laneFull || len(evicted) != 500-16 {
+		t.Fatalf("verdict %v, evicted %d; want laneFull and %d evicted", v, len(evicted), 500-16)
+	}
+}

@@ -16,6 +16,9 @@ import (
 )
 
 const (
+	// relayFullRecheck is how often a dispatcher waiting for parking room
+	// looks again without being woken.
+	relayFullRecheck = time.Second
 	// settleTimeout bounds the wait for JetStream to store a retry or a dead
 	// letter before the attempt's own message is acknowledged.
 	settleTimeout = 10 * time.Second
@@ -122,6 +125,9 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg) {
 		}
 		select {
 		case <-r.slots.room:
+		case <-time.After(relayFullRecheck):
+			// Lanes that stop making progress fit less as time passes; the
+			// next admit gives their surplus back.
 		case <-ctx.Done():
 			_ = msg.Nak()
 			return

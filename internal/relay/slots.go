@@ -75,6 +75,8 @@ type lane struct {
 	parked   []*pendingDelivery
 	// queued is set while the lane is in turns.
 	queued bool
+	// route is the lane's route when it last admitted a delivery.
+	route *routing.Route
 }
 
 func newSlots(workers, limit, maxAckPending, replicas int) *slots {
@@ -139,6 +141,17 @@ func (s *slots) evict(l *lane, limit int) []*pendingDelivery {
 	return evicted
 }
 
+// sweep evicts from every lane what it parked beyond its current limit.
+func (s *slots) sweep(now time.Time) []*pendingDelivery {
+	var evicted []*pendingDelivery
+	for _, l := range s.lanes {
+		if len(l.parked) > 0 {
+			evicted = append(evicted, s.evict(l, s.parkLimit(l, l.route, now))...)
+		}
+	}
+	return evicted
+}
+
 // startLane counts a started attempt of l.
 func (s *slots) startLane(l *lane, now time.Time) {
 	if l.running == 0 {
@@ -170,6 +183,7 @@ func (s *slots) admit(d *pendingDelivery, route *routing.Route) (start, evicted 
 	defer s.mu.Unlock()
 	now := time.Now()
 	l := s.lane(d.subscriptionID, s.limitOf(route))
+	l.route = route
 	if l.running < l.window && s.running < s.workers && len(l.parked) == 0 {
 		s.startLane(l, now)
 		return []*pendingDelivery{d}, nil, taken
@@ -179,11 +193,15 @@ func (s *slots) admit(d *pendingDelivery, route *routing.Route) (start, evicted 
 	if len(l.parked) >= limit {
 		return nil, evicted, laneFull
 	}
-	// The relay's own limit next: when every subscription within its limit
-	// is busy, waiting is right for all of them, and postponing would only
-	// churn.
+	// The relay's own limit next. Lanes that stopped making progress since
+	// they parked give back what no longer fits them first; if every lane is
+	// within its limit, all are busy, waiting is right for every
+	// subscription, and postponing would only churn.
 	if s.parked >= s.parkBudget {
-		return nil, evicted, relayFull
+		evicted = append(evicted, s.sweep(now)...)
+		if s.parked >= s.parkBudget {
+			return nil, evicted, relayFull
+		}
 	}
 	d.parked = true
 	l.parked = append(l.parked, d)

@@ -159,3 +159,28 @@ func TestSlots_LaneWithoutProgressParksLessBeforeItsFirstTimeout(t *testing.T) {
 		t.Fatalf("verdict %v, evicted %d; want laneFull and %d evicted", v, len(evicted), 500-16)
 	}
 }
+
+func TestSlots_FullParkingFirstEvictsLanesThatStoppedMakingProgress(t *testing.T) {
+	// Four workers: a and b take them all, so c has to park.
+	s := newSlots(4, 16, 40, 1)
+	for _, id := range []string{"a", "b"} {
+		route := &routing.Route{ID: id, Timeout: time.Minute, MaxInFlight: 2}
+		for range 2 + 10 {
+			_, _, _ = s.admit(pending(id), route)
+		}
+	}
+	if n := len(s.parkedDeliveries()); n != 20 {
+		t.Fatalf("parked %d, want 20 (all of parking)", n)
+	}
+	// Neither lane has finished an attempt for a minute: each may keep one
+	// round of its window (2), and gives the rest back when parking is full.
+	s.lanes["a"].progress = time.Now().Add(-time.Minute)
+	s.lanes["b"].progress = time.Now().Add(-time.Minute)
+	_, evicted, v := s.admit(pending("c"), &routing.Route{ID: "c", Timeout: time.Second})
+	if v != taken || len(evicted) != 16 {
+		t.Fatalf("verdict %v, evicted %d; want c parked after 16 evicted", v, len(evicted))
+	}
+	if n := len(s.parkedDeliveries()); n != 5 {
+		t.Fatalf("parked %d, want 5 (2 each for a and b, c)", n)
+	}
+}

@@ -62,7 +62,7 @@ BENCHCOUNT ?= 2
 # BENCH picks the cases: by default every throughput case, on the embedded
 # JetStream, on a 3-node cluster and in the forwarder. The isolation
 # experiment is a fixed minute with its own figures, hence its own target.
-BENCH ?= ^Benchmark(Relay|RelayCluster|Forwarder)_(OneSubscription|Fanout)
+BENCH ?= ^Benchmark(Relay|RelayCluster|Forwarder)_(OneSubscription|Fanout|BatchIngest)
 .PHONY: bench
 bench: ## Benchmark the relay end to end (events/s, p50/p99), embedded and on a 3-node cluster, next to an in-memory forwarder (BENCH=regex BENCHTIME=3s BENCHCOUNT=2).
 	$(GO) test -run='^$$' -bench='$(BENCH)' -benchtime=$(BENCHTIME) -count=$(BENCHCOUNT) -timeout=20m ./internal/relay/

@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -62,6 +63,8 @@ const (
 	// same client (whose per-host connection cap is benchInFlight).
 	benchWorkers  = 128
 	benchInFlight = 16
+	// benchBatch is the events per request in the batch ingest case.
+	benchBatch = 100
 	// benchFanout is the number of subscriptions matching every event in the
 	// fan-out case, each with its own sink listener like separate tenants.
 	benchFanout = 100
@@ -116,7 +119,20 @@ func BenchmarkRelayCluster_Fanout1000(b *testing.B) {
 // calls abort when a delivery is lost, so the run ends instead of waiting.
 type benchTarget func(b *testing.B, routes *routing.Routes, abort func()) string
 
+// BenchmarkRelay_BatchIngest posts the same load as
+// BenchmarkRelay_OneSubscription in batches of benchBatch events
+// (POST /v1/events:batch): one request and one wait for JetStream per batch
+// instead of per event. The forwarder has no batch endpoint; compare with
+// the single-post relay case.
+func BenchmarkRelay_BatchIngest(b *testing.B) { benchEndToEndBatch(b, startBenchRelay, 1, benchBatch) }
+
 func benchEndToEnd(b *testing.B, start benchTarget, subscriptions int) {
+	benchEndToEndBatch(b, start, subscriptions, 1)
+}
+
+// benchEndToEndBatch posts single events when batch is 1, else batches of
+// that many as NDJSON.
+func benchEndToEndBatch(b *testing.B, start benchTarget, subscriptions, batch int) {
 	sink := newBenchSink(b, subscriptions, b.N)
 	ingestURL := start(b, sink.routes(b), sink.abort)
 	bodies := newBenchBodies(b)
@@ -130,14 +146,20 @@ func benchEndToEnd(b *testing.B, start benchTarget, subscriptions int) {
 	for range benchProducers {
 		producers.Go(func() {
 			for {
-				seq := int(next.Add(1) - 1)
-				if seq >= b.N || sink.isAborted() {
+				first := int(next.Add(int64(batch)) - int64(batch))
+				if first >= b.N || sink.isAborted() {
 					return
 				}
-				body := bodies.body(seq)
-				sink.sent[seq].Store(int64(time.Since(sink.epoch)))
-				if err := postEvent(client, ingestURL, body); err != nil {
-					b.Errorf("event %d: %v", seq, err)
+				var err error
+				if batch == 1 {
+					body := bodies.body(first)
+					sink.sent[first].Store(int64(time.Since(sink.epoch)))
+					err = postEvent(client, ingestURL, body)
+				} else {
+					err = postBatchOf(client, ingestURL+":batch", bodies, sink, first, min(first+batch, b.N))
+				}
+				if err != nil {
+					b.Errorf("events from %d: %v", first, err)
 					sink.abort()
 					return
 				}
@@ -180,15 +202,36 @@ func newBenchClient(b *testing.B) *http.Client {
 	return client
 }
 
+// postBatchOf posts events [from, to) as one NDJSON batch.
+func postBatchOf(client *http.Client, url string, bodies *benchBodies, sink *benchSink, from, to int) error {
+	var ndjson bytes.Buffer
+	for seq := from; seq < to; seq++ {
+		if err := json.Compact(&ndjson, bodies.body(seq)); err != nil {
+			return err
+		}
+		ndjson.WriteByte('\n')
+	}
+	now := int64(time.Since(sink.epoch))
+	for seq := from; seq < to; seq++ {
+		sink.sent[seq].Store(now)
+	}
+	return postAccepted(client, url, "application/x-ndjson", &ndjson)
+}
+
 func postEvent(client *http.Client, url string, body []byte) error {
-	resp, err := client.Post(url, "application/json", bytes.NewReader(body))
+	return postAccepted(client, url, "application/json", bytes.NewReader(body))
+}
+
+// postAccepted posts body and expects a 202.
+func postAccepted(client *http.Client, url, contentType string, body io.Reader) error {
+	resp, err := client.Post(url, contentType, body)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	answer, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusAccepted {
-		return fmt.Errorf("ingest answered %d: %s", resp.StatusCode, answer)
+		return fmt.Errorf("ingest answered %d: %.200s", resp.StatusCode, answer)
 	}
 	return nil
 }

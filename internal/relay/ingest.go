@@ -75,36 +75,17 @@ func (r *Relay) handleIngest(w http.ResponseWriter, req *http.Request) {
 }
 
 func (r *Relay) ingest(req *http.Request) (int, any) {
-	if req.Method != http.MethodPost {
-		return http.StatusMethodNotAllowed, errorResponse{Error: "use POST"}
-	}
-	if !r.authorized(req) {
-		return http.StatusUnauthorized, errorResponse{Error: "missing or wrong bearer token", Field: "Authorization"}
-	}
-	if mt, _, err := mime.ParseMediaType(req.Header.Get("Content-Type")); err != nil || mt != "application/json" {
-		return http.StatusUnsupportedMediaType, errorResponse{Error: "Content-Type must be application/json", Field: "Content-Type"}
-	}
-	key := req.Header.Get("Idempotency-Key")
-	if len(key) > maxIdempotencyKeyLen {
-		return http.StatusBadRequest, errorResponse{
-			Error: fmt.Sprintf("must be at most %d characters", maxIdempotencyKeyLen), Field: "Idempotency-Key"}
+	key, status, refusal := r.checkRequest(req, "application/json")
+	if refusal != nil {
+		return status, *refusal
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(nil, req.Body, r.cfg.MaxBodyBytes))
 	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return http.StatusRequestEntityTooLarge, errorResponse{
-				Error: fmt.Sprintf("body exceeds %d bytes", r.cfg.MaxBodyBytes), Field: "body"}
-		}
-		return http.StatusBadRequest, errorResponse{Error: "reading body: " + err.Error(), Field: "body"}
+		return bodyError(err, r.cfg.MaxBodyBytes)
 	}
-	env, err := event.Parse(body)
-	if err != nil {
-		var verr *event.ValidationError
-		if errors.As(err, &verr) {
-			return http.StatusBadRequest, errorResponse{Error: verr.Message, Field: verr.Field}
-		}
-		return http.StatusBadRequest, errorResponse{Error: err.Error(), Field: "body"}
+	env, refusal := parseEvent(body)
+	if refusal != nil {
+		return http.StatusBadRequest, *refusal
 	}
 	id, err := r.store(req.Context(), env, key)
 	if err != nil {
@@ -112,6 +93,49 @@ func (r *Relay) ingest(req *http.Request) (int, any) {
 		return http.StatusServiceUnavailable, errorResponse{Error: "the event store cannot accept events right now; retry later"}
 	}
 	return http.StatusAccepted, ingestResponse{ID: id, Deliveries: len(r.routes.Load().Match(env.Type))}
+}
+
+// checkRequest applies what every ingest request must pass: POST, the
+// bearer token, the content type and the idempotency key's length. It
+// returns the key, or the status and answer of a refusal.
+func (r *Relay) checkRequest(req *http.Request, mediaType string) (string, int, *errorResponse) {
+	if req.Method != http.MethodPost {
+		return "", http.StatusMethodNotAllowed, &errorResponse{Error: "use POST"}
+	}
+	if !r.authorized(req) {
+		return "", http.StatusUnauthorized, &errorResponse{Error: "missing or wrong bearer token", Field: "Authorization"}
+	}
+	if mt, _, err := mime.ParseMediaType(req.Header.Get("Content-Type")); err != nil || mt != mediaType {
+		return "", http.StatusUnsupportedMediaType, &errorResponse{Error: "Content-Type must be " + mediaType, Field: "Content-Type"}
+	}
+	key := req.Header.Get("Idempotency-Key")
+	if len(key) > maxIdempotencyKeyLen {
+		return "", http.StatusBadRequest, &errorResponse{
+			Error: fmt.Sprintf("must be at most %d characters", maxIdempotencyKeyLen), Field: "Idempotency-Key"}
+	}
+	return key, 0, nil
+}
+
+// bodyError answers a body that could not be read.
+func bodyError(err error, limit int64) (int, any) {
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return http.StatusRequestEntityTooLarge, errorResponse{Error: fmt.Sprintf("body exceeds %d bytes", limit), Field: "body"}
+	}
+	return http.StatusBadRequest, errorResponse{Error: "reading body: " + err.Error(), Field: "body"}
+}
+
+// parseEvent validates one event, naming the field at fault.
+func parseEvent(body []byte) (*event.Envelope, *errorResponse) {
+	env, err := event.Parse(body)
+	if err != nil {
+		var verr *event.ValidationError
+		if errors.As(err, &verr) {
+			return nil, &errorResponse{Error: verr.Message, Field: verr.Field}
+		}
+		return nil, &errorResponse{Error: err.Error(), Field: "body"}
+	}
+	return env, nil
 }
 
 // authorized compares the bearer token in constant time.
@@ -129,6 +153,17 @@ func (r *Relay) authorized(req *http.Request) bool {
 func (r *Relay) store(ctx context.Context, env *event.Envelope, key string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, storeTimeout)
 	defer cancel()
+	msg, msgID := eventMsg(env, key)
+	ack, err := r.queue.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
+	if err != nil {
+		return "", fmt.Errorf("publish event: %w", err)
+	}
+	return r.acceptedID(ctx, msg, ack)
+}
+
+// eventMsg is the event log entry for env under a new id, and its message
+// id: the idempotency key when there is one.
+func eventMsg(env *event.Envelope, key string) (*nats.Msg, string) {
 	id := nuid.Next()
 	msgID := id
 	if key != "" {
@@ -143,12 +178,14 @@ func (r *Relay) store(ctx context.Context, env *event.Envelope, key string) (str
 	msg.Header.Set(hdrEventType, env.Type)
 	msg.Header.Set(hdrTimestamp, env.Timestamp)
 	msg.Header.Set(hdrReceivedAt, time.Now().UTC().Format(time.RFC3339Nano))
-	ack, err := r.queue.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
-	if err != nil {
-		return "", fmt.Errorf("publish event: %w", err)
-	}
+	return msg, msgID
+}
+
+// acceptedID is the id of a stored event: its own, or for a duplicate that
+// of the first submission.
+func (r *Relay) acceptedID(ctx context.Context, msg *nats.Msg, ack *jetstream.PubAck) (string, error) {
 	if !ack.Duplicate {
-		return id, nil
+		return msg.Header.Get(hdrEventID), nil
 	}
 	first, err := r.queue.events.GetMsg(ctx, ack.Sequence)
 	if err != nil {

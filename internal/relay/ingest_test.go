@@ -8,18 +8,21 @@ import (
 	"time"
 )
 
+// refusalCase is a request ingest must refuse, naming the field.
+type refusalCase struct {
+	name       string
+	body       []byte
+	header     map[string]string
+	wantStatus int
+	wantField  string
+}
+
 func TestIngest_RejectsBadRequestsNamingTheField(t *testing.T) {
 	ep := newEndpoint(t, http.StatusOK)
 	tr := startRelay(t, table(routeYAML("ns/s", ep.URL, `["*"]`, "")), allowLoopback,
 		func(c *Config) { c.MaxBodyBytes = 4096 })
 	valid := seedEvent(t, "task.created")
-	tests := []struct {
-		name       string
-		body       []byte
-		header     map[string]string
-		wantStatus int
-		wantField  string
-	}{
+	tests := []refusalCase{
 		{"rejects invalid JSON", []byte(`{"event":`), nil, 400, "body"},
 		{"rejects a missing event type", []byte(`{"timestamp":"2025-07-28T13:15:40+00:00","data":{}}`), nil, 400, "event"},
 		{"rejects a bad timestamp", []byte(`{"event":"x.y","timestamp":"yesterday","data":{}}`), nil, 400, "timestamp"},

@@ -355,6 +355,7 @@ func (r *Relay) waitForRoutes(ctx context.Context) error {
 func (r *Relay) ingestHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/v1/events", r.handleIngest)
+	mux.HandleFunc(batchPath, r.handleIngestBatch)
 	return mux
 }
 

@@ -89,6 +89,9 @@ func run() error {
 		return err
 	}
 	cfg.Log = log
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
 	if cfg.AllowDestinationCIDRs, err = delivery.ParseCIDRs(allowCIDRs); err != nil {
 		return fmt.Errorf("--allow-destination-cidrs: %w", err)
 	}

@@ -16,9 +16,15 @@ import (
 )
 
 const (
+	// parkSweepEvery is how often parked surplus of stalled lanes is given
+	// back.
+	parkSweepEvery = time.Second
 	// relayFullRecheck is how often a dispatcher waiting for parking room
 	// looks again without being woken.
 	relayFullRecheck = time.Second
+	// clockSkewMaxWait bounds one wait for this relay's clock to catch up
+	// with JetStream's.
+	clockSkewMaxWait = 5 * time.Second
 	// settleTimeout bounds the wait for JetStream to store a retry or a dead
 	// letter before the attempt's own message is acknowledged.
 	settleTimeout = 10 * time.Second
@@ -101,6 +107,13 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg) {
 	}
 	if d.notBefore.After(time.Now()) {
 		r.stats.waiting(d.deliveryID, d.subscriptionID, d.notBefore.Add(r.cfg.Queue.DeliverAckWait))
+		if msg.Headers().Get(jetstream.SchedulerHeader) != "" {
+			// JetStream's scheduler fired it, so its clock says it is due:
+			// this relay's clock is behind. Scheduling it again would fire at
+			// once and loop; wait out the difference here instead.
+			_ = msg.NakWithDelay(min(time.Until(d.notBefore), clockSkewMaxWait))
+			return
+		}
 		r.hold(d, d.notBefore)
 		return
 	}
@@ -111,6 +124,10 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	for {
+		if route, ok = r.routes.Load().Get(d.subscriptionID); !ok {
+			r.cancel(d)
+			return
+		}
 		start, evicted, v := r.slots.admit(d, route)
 		for _, e := range evicted {
 			r.postpone(e)
@@ -164,17 +181,25 @@ func (r *Relay) run(ctx context.Context, d *pendingDelivery) {
 	}
 }
 
-// keepParked tells JetStream, every quarter of AckWait, that parked
-// deliveries are still being worked on, so none is handed out twice while
-// it waits for its turn.
+// keepParked looks after parked deliveries until ctx is done: every
+// parkSweepEvery, lanes that stopped making progress give back what no
+// longer fits them (nothing else would evict them while nothing new
+// arrives for them), and every quarter of AckWait JetStream is told the rest
+// are still being worked on, so none is handed out twice while it waits.
 func (r *Relay) keepParked(ctx context.Context) {
-	t := time.NewTicker(r.cfg.Queue.DeliverAckWait / 4)
-	defer t.Stop()
+	sweep := time.NewTicker(parkSweepEvery)
+	defer sweep.Stop()
+	progress := time.NewTicker(max(r.cfg.Queue.DeliverAckWait/4, time.Second))
+	defer progress.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-sweep.C:
+			for _, d := range r.slots.sweepAll() {
+				r.postpone(d)
+			}
+		case <-progress.C:
 			for _, d := range r.slots.parkedDeliveries() {
 				_ = d.msg.InProgress()
 			}

@@ -150,13 +150,18 @@ func (r *Relay) listAttempts(ctx context.Context, subID string, before uint64, l
 	return page, nil
 }
 
-// decodeAttempts reads one delivery log message: a batch, oldest first.
+// decodeAttempts reads one delivery log message: a batch, oldest first, or
+// a single attempt as relays wrote them before batching.
 func decodeAttempts(data []byte) []health.Attempt {
 	var batch []health.Attempt
-	if json.Unmarshal(data, &batch) != nil {
-		return nil
+	if json.Unmarshal(data, &batch) == nil {
+		return batch
 	}
-	return batch
+	var one health.Attempt
+	if json.Unmarshal(data, &one) == nil {
+		return []health.Attempt{one}
+	}
+	return nil
 }
 
 // listDeadLetters returns a subscription's dead letters, oldest first, after

@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"context"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -80,5 +82,24 @@ func TestRelay_ShutdownFinishesRunningAttempts(t *testing.T) {
 	<-stopped
 	if h := subHealth(t, tr.Relay, "ns/s"); h.Succeeded != 1 {
 		t.Fatalf("health after shutdown = %+v, want the running attempt counted as a success", h)
+	}
+}
+
+func TestRelay_StopsWhenItsConsumerIsDeleted(t *testing.T) {
+	ep := newEndpoint(t, http.StatusOK)
+	tr := startRelay(t, table(routeYAML("ns/a", ep.URL, `["*"]`, "")), allowLoopback)
+	if err := tr.queue.js.DeleteConsumer(context.Background(), deliveriesStream, deliverConsumer); err != nil {
+		t.Fatal(err)
+	}
+	// A relay that kept running would take events it can never deliver; one
+	// that stops is restarted and declares its consumers again.
+	select {
+	case err := <-tr.done:
+		if err == nil || !strings.Contains(err.Error(), deliverConsumer) {
+			t.Fatalf("relay stopped with %v, want an error naming the %s consumer", err, deliverConsumer)
+		}
+		tr.done <- err
+	case <-time.After(15 * time.Second):
+		t.Fatal("relay still running 15 s after its deliver consumer was deleted")
 	}
 }

@@ -45,6 +45,9 @@ const (
 	// fetchRetryDelay spaces pull requests that failed (no leader yet,
 	// reconnecting).
 	fetchRetryDelay = 250 * time.Millisecond
+	// fetchCheckEvery is how many failed pulls in a row make the relay ask
+	// whether the consumer still exists.
+	fetchCheckEvery = 8
 	// fanoutWorkers is how many events are fanned out at once; each waits for
 	// JetStream to store its deliveries, so a few overlap those waits.
 	fanoutWorkers = 4
@@ -117,6 +120,27 @@ type Config struct {
 	Log             logr.Logger
 }
 
+// Validate checks the settings a relay cannot run without, naming the
+// flag at fault.
+func (c Config) Validate() error {
+	for _, check := range []struct {
+		ok   bool
+		flag string
+		want string
+	}{
+		{c.Workers >= 1, "--workers", "at least 1"},
+		{c.MaxInFlightPerSubscription >= 1, "--max-in-flight-per-subscription", "at least 1"},
+		{c.Replicas >= 1, "--replicas", "at least 1"},
+		{c.Queue.MaxAckPending >= 1, "--max-ack-pending", "at least 1"},
+		{c.Queue.DeliverAckWait > 0, "--deliver-ack-wait", "a positive duration"},
+	} {
+		if !check.ok {
+			return fmt.Errorf("%s must be %s", check.flag, check.want)
+		}
+	}
+	return nil
+}
+
 // Relay is one relay process.
 type Relay struct {
 	cfg     Config
@@ -181,6 +205,7 @@ func New(cfg Config) *Relay {
 // route they started with; every later attempt reads the new one.
 func (r *Relay) SetRoutes(routes *routing.Routes) {
 	r.routes.Store(routes)
+	r.slots.forget(func(id string) bool { _, ok := routes.Get(id); return ok })
 	r.loaded.Store(true)
 	r.firstLoadOnce.Do(func() { close(r.firstLoad) })
 	r.metrics.setRevision(routes.Revision)
@@ -300,42 +325,71 @@ func (r *Relay) Run(ctx context.Context) error {
 // pump fetches batches from a consumer and hands every message to handle
 // until stop is closed, finishing the batch in hand. Each pull request
 // lives at most fetchWait, so a consumer whose leader moved or died (a
-// JetStream node went away) is asked again within seconds. Errors that a new
-// leader or a reconnect cures are retried; a consumer that is gone or a
-// closed connection ends the pump.
+// JetStream node went away) is asked again within seconds. Failures that a
+// new leader or a reconnect cures are retried after fetchRetryDelay; a
+// consumer that is gone or a closed connection ends the pump, and with it
+// the relay, whose restart declares the consumers again.
 //
 // Fetch, not the Messages iterator: under a saturating fan-out the
 // iterator's count of outstanding messages drifted from the server's (no
 // pull request left on the server, the client waiting for messages it had
 // asked for), and only the missed-heartbeat timeout ended each stall.
 func (r *Relay) pump(stop <-chan struct{}, c jetstream.Consumer, name string, batch int, handle func(jetstream.Msg)) error {
+	failures := 0
 	for {
 		select {
 		case <-stop:
 			return nil
 		default:
 		}
-		b, err := c.Fetch(batch, jetstream.FetchMaxWait(fetchWait))
-		if err != nil {
-			if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
-				errors.Is(err, nats.ErrConnectionClosed) {
-				return fmt.Errorf("consume %s: %w", name, err)
-			}
-			r.log.V(1).Info("pull request failed; asking again", "consumer", name, "error", err.Error())
-			select {
-			case <-stop:
-				return nil
-			case <-time.After(fetchRetryDelay):
-			}
+		got, err := pull(c, batch, handle)
+		if err == nil || got > 0 {
+			failures = 0
 			continue
 		}
-		for msg := range b.Messages() {
-			handle(msg)
+		if consumerGone(err) {
+			return fmt.Errorf("consume %s: %w", name, err)
 		}
-		if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			r.log.V(1).Info("pull request ended early", "consumer", name, "error", err.Error())
+		// A missing consumer answers "no responders", as does one whose
+		// leader is being elected: ask JetStream which it is now and then.
+		if failures++; failures%fetchCheckEvery == 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), fetchWait)
+			_, infoErr := c.Info(ctx)
+			cancel()
+			if consumerGone(infoErr) {
+				return fmt.Errorf("consume %s: %w", name, infoErr)
+			}
+		}
+		r.log.V(1).Info("pull request failed; asking again", "consumer", name, "error", err.Error())
+		select {
+		case <-stop:
+			return nil
+		case <-time.After(fetchRetryDelay):
 		}
 	}
+}
+
+// pull fetches one batch and hands its messages to handle. The error is the
+// request's or the batch's; running out of time is not one.
+func pull(c jetstream.Consumer, batch int, handle func(jetstream.Msg)) (int, error) {
+	b, err := c.Fetch(batch, jetstream.FetchMaxWait(fetchWait))
+	if err != nil {
+		return 0, err
+	}
+	got := 0
+	for msg := range b.Messages() {
+		handle(msg)
+		got++
+	}
+	if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+		return got, err
+	}
+	return got, nil
+}
+
+func consumerGone(err error) bool {
+	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+		errors.Is(err, nats.ErrConnectionClosed)
 }
 
 // waitForRoutes blocks until the first routing table is loaded: dispatching

@@ -83,19 +83,23 @@ func newSlots(workers, limit, maxAckPending, replicas int) *slots {
 	return &slots{
 		workers: max(workers, 1), limit: max(limit, 1), replicas: max(replicas, 1),
 		// Half of the consumer's pending set stays free for deliveries that
-		// can start, however many are parked.
-		parkBudget: max(maxAckPending/2, 1),
+		// can start, however many are parked. The pending set belongs to the
+		// one consumer all replicas share, so each parks its share of half.
+		parkBudget: max(maxAckPending/(2*max(replicas, 1)), 1),
 		lanes:      map[string]*lane{},
 		room:       make(chan struct{}, 1),
 	}
 }
 
-// limitOf is the route's own cap, or the relay's default.
+// limitOf is the route's own cap, or the relay's default, and never more
+// than half of the workers: one subscription, however busy or stuck, leaves
+// the other half to the rest.
 func (s *slots) limitOf(route *routing.Route) int {
+	limit := s.limit
 	if route != nil && route.MaxInFlight > 0 {
-		return route.MaxInFlight
+		limit = route.MaxInFlight
 	}
-	return s.limit
+	return max(min(limit, s.workers/2), 1)
 }
 
 func (s *slots) lane(id string, limit int) *lane {
@@ -139,6 +143,25 @@ func (s *slots) evict(l *lane, limit int) []*pendingDelivery {
 	s.parked -= len(evicted)
 	s.roomSignal()
 	return evicted
+}
+
+// sweepAll evicts from every lane what it parked beyond its current limit.
+func (s *slots) sweepAll() []*pendingDelivery {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sweep(time.Now())
+}
+
+// forget drops the idle lanes of subscriptions that left the routing table,
+// with the windows they had shrunk to.
+func (s *slots) forget(keep func(id string) bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id, l := range s.lanes {
+		if l.running == 0 && len(l.parked) == 0 && !l.queued && !keep(id) {
+			delete(s.lanes, id)
+		}
+	}
 }
 
 // sweep evicts from every lane what it parked beyond its current limit.

@@ -59,31 +59,56 @@ func TestSlots_HangingEndpointHoldsOneWorkerAndParksLittle(t *testing.T) {
 }
 
 func TestSlots_FullPoolTakesTurnsAcrossSubscriptions(t *testing.T) {
-	s := newSlots(2, 16, 1000, 1)
-	a := &routing.Route{ID: "a", Timeout: time.Second}
-	b := &routing.Route{ID: "b", Timeout: time.Second}
-	for range 2 {
-		if start, _, _ := s.admit(pending("a"), a); len(start) != 1 {
-			t.Fatal("first two deliveries of a should start")
+	s := newSlots(4, 16, 1000, 1)
+	route := func(id string) *routing.Route { return &routing.Route{ID: id, Timeout: time.Second} }
+	for _, id := range []string{"a", "a", "b", "b"} {
+		if start, _, _ := s.admit(pending(id), route(id)); len(start) != 1 {
+			t.Fatalf("delivery of %s should start: each may take half of the four workers", id)
 		}
 	}
-	for range 3 {
-		if start, _, v := s.admit(pending("a"), a); v != taken || len(start) != 0 {
-			t.Fatalf("a's surplus should park while the pool is full (verdict %v, start %d)", v, len(start))
+	// a waits for its own window, c only for a free worker.
+	for _, id := range []string{"a", "c"} {
+		if start, _, v := s.admit(pending(id), route(id)); v != taken || len(start) != 0 {
+			t.Fatalf("%s should park while the pool is full (verdict %v, start %d)", id, v, len(start))
 		}
 	}
-	if start, _, v := s.admit(pending("b"), b); v != taken || len(start) != 0 {
-		t.Fatalf("b should park while the pool is full (verdict %v, start %d)", v, len(start))
+	// a finishes first, but c has been waiting for a turn: c gets the worker
+	// and a goes behind it.
+	start, _ := s.done("a", route("a"), succeeded, time.Millisecond)
+	if got := subs(start); len(got) != 1 || got[0] != "c" {
+		t.Fatalf("first freed worker went to %v, want c", got)
 	}
-	// a queued first, but a finishing attempt of a sends a to the back: b
-	// gets the freed worker.
-	start, _ := s.done("a", a, succeeded, time.Millisecond)
-	if len(start) != 1 || start[0].subscriptionID != "a" {
-		t.Fatalf("first freed worker went to %v, want a (queued first)", subs(start))
+	start, _ = s.done("b", route("b"), succeeded, time.Millisecond)
+	if got := subs(start); len(got) != 1 || got[0] != "a" {
+		t.Fatalf("second freed worker went to %v, want a", got)
 	}
-	start, _ = s.done("a", a, succeeded, time.Millisecond)
-	if len(start) != 1 || start[0].subscriptionID != "b" {
-		t.Fatalf("second freed worker went to %v, want b", subs(start))
+}
+
+func TestSlots_OneSubscriptionTakesAtMostHalfTheWorkers(t *testing.T) {
+	s := newSlots(8, 16, 1000, 1)
+	route := &routing.Route{ID: "a", Timeout: time.Second, MaxInFlight: 256}
+	started := 0
+	for range 10 {
+		start, _, _ := s.admit(pending("a"), route)
+		started += len(start)
+	}
+	if started != 4 {
+		t.Fatalf("started %d of a's deliveries on 8 workers, want 4", started)
+	}
+}
+
+func TestSlots_ReplicasShareTheParkingBudget(t *testing.T) {
+	// Three relays share one consumer's pending set of 60: each may park 10.
+	s := newSlots(1, 16, 60, 3)
+	parked := 0
+	for i := range 40 {
+		id := string(rune('a' + i%20))
+		if start, _, v := s.admit(pending(id), &routing.Route{ID: id, Timeout: time.Second}); v == taken && len(start) == 0 {
+			parked++
+		}
+	}
+	if parked != 10 {
+		t.Fatalf("parked %d, want 10 (half of 60 shared by 3 relays)", parked)
 	}
 }
 

@@ -152,8 +152,10 @@ type Relay struct {
 	slots   *slots
 	// attemptLog batches the delivery log.
 	attemptLog *attemptLog
-	// attempts counts the goroutines running attempts.
+	// attempts counts the goroutines running attempts; settling those
+	// waiting for JetStream to store a delivery moved out of the way.
 	attempts sync.WaitGroup
+	settling sync.WaitGroup
 	limiters *limiters
 	breaker  *breaker
 	routes   atomic.Pointer[routing.Routes]
@@ -319,6 +321,9 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	stopWork()
 	wg.Wait()
+	// Nothing moves deliveries any more; let the last stores settle before
+	// the connection drains.
+	r.settling.Wait()
 	return runErr
 }
 

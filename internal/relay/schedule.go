@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -92,9 +93,26 @@ func (r *Relay) moveOut(d *pendingDelivery, due time.Time, step string, postpone
 	if postponed > 0 {
 		next.Header.Set(hdrPostponed, strconv.Itoa(postponed))
 	}
-	// The copy's id names this message, so a crash before the ack below
-	// stores it once however often the message comes back.
-	r.storeThenAck(d, next, d.msgID(strconv.Itoa(d.attempt))+"/"+step+"-"+strconv.FormatUint(meta.Sequence.Stream, 10), due)
+	// The copy's id names this message, so a crash before the ack stores it
+	// once however often the message comes back.
+	msgID := d.msgID(strconv.Itoa(d.attempt)) + "/" + step + "-" + strconv.FormatUint(meta.Sequence.Stream, 10)
+	// Asynchronously: the dispatcher and the sweeps move deliveries out by
+	// the thousand at times, and must not wait for each store in turn.
+	future, err := r.queue.js.PublishMsgAsync(next, r.followUpOpts(next, msgID, due)...)
+	if err != nil {
+		r.storeFailed(d, err)
+		return
+	}
+	r.settling.Go(func() {
+		select {
+		case <-future.Ok():
+			r.ackStored(d)
+		case err := <-future.Err():
+			r.storeFailed(d, err)
+		case <-time.After(settleTimeout):
+			r.storeFailed(d, errors.New("no acknowledgement from JetStream"))
+		}
+	})
 }
 
 // storeThenAck stores next, as a scheduled message when it is due later,
@@ -103,6 +121,17 @@ func (r *Relay) moveOut(d *pendingDelivery, due time.Time, step string, postpone
 func (r *Relay) storeThenAck(d *pendingDelivery, next *nats.Msg, msgID string, due time.Time) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), settleTimeout)
 	defer cancel()
+	if _, err := r.queue.js.PublishMsg(ctx, next, r.followUpOpts(next, msgID, due)...); err != nil {
+		r.storeFailed(d, err)
+		return false
+	}
+	r.ackStored(d)
+	return true
+}
+
+// followUpOpts stamps next with its due time and, when it is due later,
+// turns it into a scheduled message on its own subject.
+func (r *Relay) followUpOpts(next *nats.Msg, msgID string, due time.Time) []jetstream.PublishOpt {
 	opts := []jetstream.PublishOpt{jetstream.WithMsgID(msgID)}
 	if !due.IsZero() {
 		next.Header.Set(hdrNotBefore, due.UTC().Format(time.RFC3339Nano))
@@ -111,15 +140,18 @@ func (r *Relay) storeThenAck(d *pendingDelivery, next *nats.Msg, msgID string, d
 			next.Subject = scheduledSubject(next.Subject, msgID)
 		}
 	}
-	if _, err := r.queue.js.PublishMsg(ctx, next, opts...); err != nil {
-		r.log.Error(err, "store follow-up of a delivery; it will be attempted again", "subscription", d.subscriptionID)
-		_ = d.msg.NakWithDelay(fanoutRetryDelay)
-		return false
-	}
+	return opts
+}
+
+func (r *Relay) storeFailed(d *pendingDelivery, err error) {
+	r.log.Error(err, "store follow-up of a delivery; it will be attempted again", "subscription", d.subscriptionID)
+	_ = d.msg.NakWithDelay(fanoutRetryDelay)
+}
+
+func (r *Relay) ackStored(d *pendingDelivery) {
 	if err := d.msg.Ack(); err != nil {
 		r.log.Error(err, "acknowledge a delivery after storing its follow-up", "subscription", d.subscriptionID)
 	}
-	return true
 }
 
 // scheduledSubject is one subject per scheduled message (a schedule replaces

@@ -49,6 +49,7 @@ func run() error {
 	flag.StringVar(&cfg.Relay.Image, "relay-image", defaultRelayImage(), "relay image; $RELAY_IMAGE when set, which the shipped manager Deployment sets to its own image")
 	flag.IntVar(&replicas, "relay-replicas", 1, "relay pods; more than 1 needs --nats-url")
 	flag.StringVar(&storage, "relay-storage-size", "", "size of a PersistentVolumeClaim for the embedded JetStream store (e.g. 10Gi); an emptyDir when empty")
+	flag.StringVar(&cfg.Relay.SyncInterval, "relay-sync-interval", "", "how often the embedded JetStream flushes to disk: \"always\" (every write, survives losing the node's page cache) or a duration; JetStream's default (2m) when empty")
 	flag.StringVar(&cfg.Relay.NATSURL, "nats-url", "", "external JetStream URL passed to the relay; the relay embeds a server when empty")
 	flag.IntVar(&cfg.Relay.NATSReplicas, "nats-replicas", 0, "stream replicas on the external JetStream, passed to the relay (its default is 3; use 1 for a single-node server)")
 	flag.StringVar(&cfg.RelayHealthURL, "relay-health-url", "", "poll this relay health URL (http://host:9090/v1/subscriptions) instead of the relay pods, e.g. for a relay outside the cluster")

@@ -51,6 +51,7 @@ func run() error {
 	flag.StringVar(&cfg.AdminListen, "admin-listen", cfg.AdminListen, "address for /healthz, /readyz, /metrics and /v1/subscriptions")
 	flag.StringVar(&cfg.Queue.DataDir, "data-dir", "", "JetStream file storage of the embedded NATS server")
 	flag.StringVar(&cfg.Queue.NATSURL, "nats-url", "", "external JetStream URL; no embedded server is started then")
+	flag.Var(&cfg.Queue.Sync, "sync-interval", "how often the embedded JetStream flushes its store to disk: \"always\" (every write, before the 202) or a duration; JetStream's default (2m) when empty. A process crash loses nothing either way; a lost machine loses up to one interval")
 	flag.IntVar(&cfg.Queue.Replicas, "nats-replicas", cfg.Queue.Replicas, "stream and consumer replicas on an external JetStream cluster (the embedded server always uses 1)")
 	flag.StringVar(&cfg.Queue.CredsFile, "nats-creds", "", "with --nats-url: NATS credentials file (user JWT and seed)")
 	flag.StringVar(&cfg.Queue.CAFile, "nats-ca", "", "with --nats-url: CA certificates (PEM) that signed the NATS servers' certificates")

@@ -75,6 +75,11 @@ func (c *Config) Validate() error {
 	if c.Relay.StorageSize != nil && c.Relay.NATSURL != "" {
 		errs = append(errs, errors.New("--relay-storage-size applies to the embedded JetStream store only, not with --nats-url"))
 	}
+	if err := validSyncInterval(c.Relay.SyncInterval); err != nil {
+		errs = append(errs, fmt.Errorf("--relay-sync-interval: %w", err))
+	} else if c.Relay.SyncInterval != "" && c.Relay.NATSURL != "" {
+		errs = append(errs, errors.New("--relay-sync-interval applies to the embedded JetStream store only; an external one syncs as its servers' sync_interval says"))
+	}
 	if c.HealthPollInterval <= 0 {
 		errs = append(errs, fmt.Errorf("--health-poll-interval must be positive, not %s", c.HealthPollInterval))
 	}
@@ -132,4 +137,20 @@ func watched(namespaces []string, extra ...string) map[string]cache.Config {
 		out[ns] = cache.Config{}
 	}
 	return out
+}
+
+// validSyncInterval accepts what the relay's --sync-interval does, so a typo
+// is refused here instead of crash-looping the relay.
+func validSyncInterval(s string) error {
+	if s == "" || s == "always" {
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf(`want "always" or a duration such as 1s: %w`, err)
+	}
+	if d <= 0 {
+		return errors.New("a sync interval must be positive")
+	}
+	return nil
 }

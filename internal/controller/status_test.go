@@ -208,6 +208,11 @@ func TestConfig_Validate(t *testing.T) {
 		{name: "refuses several replicas on the embedded store", mutate: func(c *Config) { c.Relay.Replicas = 3 }, wantErr: "needs --nats-url"},
 		{name: "accepts several replicas on external NATS", mutate: func(c *Config) { c.Relay.Replicas, c.Relay.NATSURL = 3, "nats://n:4222" }},
 		{name: "refuses an empty image", mutate: func(c *Config) { c.Relay.Image = "" }, wantErr: "--relay-image"},
+		{name: "accepts syncing every write", mutate: func(c *Config) { c.Relay.SyncInterval = "always" }},
+		{name: "accepts a sync interval", mutate: func(c *Config) { c.Relay.SyncInterval = "1s" }},
+		{name: "refuses a malformed sync interval", mutate: func(c *Config) { c.Relay.SyncInterval = "often" }, wantErr: "--relay-sync-interval: want \"always\""},
+		{name: "refuses a negative sync interval", mutate: func(c *Config) { c.Relay.SyncInterval = "-1s" }, wantErr: "--relay-sync-interval: a sync interval must be positive"},
+		{name: "refuses a sync interval for external NATS", mutate: func(c *Config) { c.Relay.SyncInterval, c.Relay.NATSURL = "always", "nats://n:4222" }, wantErr: "embedded JetStream store only"},
 		{name: "refuses a zero poll interval", mutate: func(c *Config) { c.HealthPollInterval = 0 }, wantErr: "--health-poll-interval"},
 	}
 	for _, tt := range tests {

@@ -90,6 +90,17 @@ const (
 
 func BenchmarkRelay_OneSubscription(b *testing.B) { benchEndToEnd(b, startBenchRelay, 1) }
 
+// BenchmarkRelay_OneSubscriptionSyncAlways is the first case with every
+// write flushed to disk before it is acknowledged (--sync-interval=always):
+// the price of surviving the machine's loss, not only the process's.
+func BenchmarkRelay_OneSubscriptionSyncAlways(b *testing.B) {
+	benchEndToEnd(b, func(b *testing.B, routes *routing.Routes, _ func()) string {
+		cfg := benchRelayConfig(b)
+		cfg.Queue.Sync = SyncPolicy{Always: true}
+		return runBenchRelay(b, cfg, routes)
+	}, 1)
+}
+
 func BenchmarkRelay_Fanout100(b *testing.B) { benchEndToEnd(b, startBenchRelay, benchFanout) }
 
 func BenchmarkRelay_Fanout1000(b *testing.B) { benchEndToEnd(b, startBenchRelay, benchFanoutWide) }

@@ -75,6 +75,9 @@ type QueueConfig struct {
 	DataDir string
 	// NATSURL selects an external JetStream instead of the embedded server.
 	NATSURL string
+	// Sync is how often the embedded server forces its store to disk. An
+	// external JetStream's servers set their own (sync_interval).
+	Sync SyncPolicy
 	// Replicas is the stream replication factor on an external cluster.
 	Replicas int
 	// CredsFile, CAFile and TLSCert/TLSKey authenticate to an external
@@ -134,7 +137,7 @@ func OpenQueue(ctx context.Context, cfg QueueConfig, log logr.Logger) (*Queue, e
 	}
 	url := cfg.NATSURL
 	if url == "" {
-		srv, err := startEmbedded(cfg.DataDir)
+		srv, err := startEmbedded(cfg.DataDir, cfg.Sync)
 		if err != nil {
 			return nil, err
 		}
@@ -204,6 +207,9 @@ func externalOptions(cfg QueueConfig) ([]nats.Option, error) {
 		}
 		return nil, nil
 	}
+	if cfg.Sync != (SyncPolicy{}) {
+		return nil, errors.New("--sync-interval applies to the embedded JetStream; an external one syncs as its servers' sync_interval says")
+	}
 	var opts []nats.Option
 	if cfg.CredsFile != "" {
 		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
@@ -220,14 +226,16 @@ func externalOptions(cfg QueueConfig) ([]nats.Option, error) {
 	return opts, nil
 }
 
-func startEmbedded(dataDir string) (*server.Server, error) {
+func startEmbedded(dataDir string, sync SyncPolicy) (*server.Server, error) {
 	if dataDir == "" {
 		return nil, errors.New("the embedded JetStream needs --data-dir (or use --nats-url)")
 	}
 	srv, err := server.NewServer(&server.Options{
-		ServerName: "involveo-relay",
-		JetStream:  true,
-		StoreDir:   dataDir,
+		ServerName:   "involveo-relay",
+		JetStream:    true,
+		StoreDir:     dataDir,
+		SyncAlways:   sync.Always,
+		SyncInterval: sync.Interval,
 		// Only the relay process talks to the embedded server.
 		DontListen: true,
 		NoSigs:     true,

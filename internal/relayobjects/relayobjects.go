@@ -112,6 +112,9 @@ type Config struct {
 	// restarts but not the pod's deletion or rescheduling, which loses pending retries
 	// and events not yet fanned out.
 	StorageSize *resource.Quantity
+	// SyncInterval, with the embedded server, is the relay's --sync-interval:
+	// "always" or a duration; empty keeps JetStream's default (two minutes).
+	SyncInterval string
 }
 
 // Embedded reports whether the relay runs its own JetStream server.
@@ -267,6 +270,9 @@ func container(cfg Config) *corev1ac.ContainerApplyConfiguration {
 	}
 	if cfg.Embedded() {
 		args = append(args, "--data-dir="+dataDir)
+		if cfg.SyncInterval != "" {
+			args = append(args, "--sync-interval="+cfg.SyncInterval)
+		}
 	} else {
 		// Each replica enforces its share of a subscription's rate limit.
 		args = append(args, "--nats-url="+cfg.NATSURL, fmt.Sprintf("--replicas=%d", cfg.EffectiveReplicas()))

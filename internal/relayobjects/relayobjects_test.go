@@ -28,8 +28,8 @@ func TestBuild_MatchesGolden(t *testing.T) {
 	}{
 		{name: "embedded JetStream on an emptyDir", golden: "embedded.golden.yaml",
 			cfg: Config{Namespace: "involveo-webhooks", Image: "example.com/webhook-operator:v1", Replicas: 1}},
-		{name: "embedded JetStream on a PVC", golden: "embedded-pvc.golden.yaml",
-			cfg: Config{Namespace: "involveo-webhooks", Image: "example.com/webhook-operator:v1", Replicas: 1, StorageSize: &size}},
+		{name: "embedded JetStream on a PVC, syncing every write", golden: "embedded-pvc.golden.yaml",
+			cfg: Config{Namespace: "involveo-webhooks", Image: "example.com/webhook-operator:v1", Replicas: 1, StorageSize: &size, SyncInterval: "always"}},
 		{name: "external NATS with three replicas", golden: "nats.golden.yaml",
 			cfg: Config{Namespace: "involveo-webhooks", Image: "example.com/webhook-operator:v1", Replicas: 3, NATSURL: "nats://nats.messaging:4222"}},
 	}

@@ -75,6 +75,15 @@ func (c *Config) Validate() error {
 	if c.Relay.StorageSize != nil && c.Relay.NATSURL != "" {
 		errs = append(errs, errors.New("--relay-storage-size applies to the embedded JetStream store only, not with --nats-url"))
 	}
+	for _, s := range []struct{ flag, secret string }{
+		{"--nats-creds-secret", c.Relay.NATSCredsSecret},
+		{"--nats-ca-secret", c.Relay.NATSCASecret},
+		{"--nats-client-cert-secret", c.Relay.NATSClientCertSecret},
+	} {
+		if s.secret != "" && c.Relay.NATSURL == "" {
+			errs = append(errs, fmt.Errorf("%s applies to an external JetStream only: it needs --nats-url", s.flag))
+		}
+	}
 	if err := validSyncInterval(c.Relay.SyncInterval); err != nil {
 		errs = append(errs, fmt.Errorf("--relay-sync-interval: %w", err))
 	} else if c.Relay.SyncInterval != "" && c.Relay.NATSURL != "" {

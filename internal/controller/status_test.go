@@ -213,6 +213,10 @@ func TestConfig_Validate(t *testing.T) {
 		{name: "refuses a malformed sync interval", mutate: func(c *Config) { c.Relay.SyncInterval = "often" }, wantErr: "--relay-sync-interval: want \"always\""},
 		{name: "refuses a negative sync interval", mutate: func(c *Config) { c.Relay.SyncInterval = "-1s" }, wantErr: "--relay-sync-interval: a sync interval must be positive"},
 		{name: "refuses a sync interval for external NATS", mutate: func(c *Config) { c.Relay.SyncInterval, c.Relay.NATSURL = "always", "nats://n:4222" }, wantErr: "embedded JetStream store only"},
+		{name: "accepts NATS Secrets for external NATS", mutate: func(c *Config) {
+			c.Relay.NATSURL, c.Relay.NATSCredsSecret, c.Relay.NATSCASecret, c.Relay.NATSClientCertSecret = "tls://n:4222", "creds", "tls", "tls"
+		}},
+		{name: "refuses a NATS Secret for the embedded store", mutate: func(c *Config) { c.Relay.NATSCASecret = "tls" }, wantErr: "--nats-ca-secret applies to an external JetStream only"},
 		{name: "refuses a zero poll interval", mutate: func(c *Config) { c.HealthPollInterval = 0 }, wantErr: "--health-poll-interval"},
 	}
 	for _, tt := range tests {

@@ -69,9 +69,18 @@ const (
 	// nonRootID is the distroless "nonroot" user and group; fsGroup makes the data
 	// volume writable for it.
 	nonRootID = 65532
+	// natsSecretsDir holds one read-only directory per NATS Secret mounted.
+	natsSecretsDir = "/etc/involveo-webhooks/nats"
 	// terminationGracePeriod leaves the relay its 25s default shutdown timeout to
 	// finish running attempts, plus time to flush acknowledgements.
 	terminationGracePeriod = 30
+)
+
+// Keys of the NATS Secrets. The CA and client certificate keys are those cert-manager
+// writes, so one cert-manager Certificate's Secret can serve as both.
+const (
+	NATSCredsKey = "nats.creds"
+	NATSCAKey    = "ca.crt"
 )
 
 // Resources of the relay container. The memory limit bounds the embedded JetStream
@@ -107,6 +116,15 @@ type Config struct {
 	// NATSReplicas is the stream replication factor on the external JetStream;
 	// 0 leaves the relay's default (3).
 	NATSReplicas int
+	// NATSCredsSecret, with NATSURL, names a Secret in Namespace whose key
+	// NATSCredsKey is the NATS credentials file (user JWT and seed) of the relay.
+	NATSCredsSecret string
+	// NATSCASecret, with NATSURL, names a Secret in Namespace whose key NATSCAKey holds
+	// the CA certificates that signed the NATS servers' certificates.
+	NATSCASecret string
+	// NATSClientCertSecret, with NATSURL, names a kubernetes.io/tls Secret in Namespace
+	// (tls.crt, tls.key) whose certificate the relay presents for mutual TLS.
+	NATSClientCertSecret string
 	// StorageSize, with the embedded server, puts the store on a PersistentVolumeClaim
 	// of this size. Without it the store is an emptyDir: it survives container
 	// restarts but not the pod's deletion or rescheduling, which loses pending retries
@@ -252,6 +270,9 @@ func podSpec(cfg Config) *corev1ac.PodSpecApplyConfiguration {
 			WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
 		WithContainers(container(cfg))
 	if !cfg.Embedded() {
+		for _, m := range natsSecretMounts(cfg) {
+			spec.WithVolumes(m.volume())
+		}
 		return spec
 	}
 	data := corev1ac.Volume().WithName("data").WithEmptyDir(corev1ac.EmptyDirVolumeSource())
@@ -278,6 +299,11 @@ func container(cfg Config) *corev1ac.ContainerApplyConfiguration {
 		args = append(args, "--nats-url="+cfg.NATSURL, fmt.Sprintf("--replicas=%d", cfg.EffectiveReplicas()))
 		if cfg.NATSReplicas > 0 {
 			args = append(args, fmt.Sprintf("--nats-replicas=%d", cfg.NATSReplicas))
+		}
+		for _, m := range natsSecretMounts(cfg) {
+			for _, k := range m.keys {
+				args = append(args, fmt.Sprintf("--%s=%s", k.flag, m.path(k.key)))
+			}
 		}
 	}
 	probe := func(path string, period, failures int32) *corev1ac.ProbeApplyConfiguration {
@@ -316,7 +342,50 @@ func container(cfg Config) *corev1ac.ContainerApplyConfiguration {
 	if cfg.Embedded() {
 		c.WithVolumeMounts(corev1ac.VolumeMount().WithName("data").WithMountPath(dataDir))
 	}
+	for _, m := range natsSecretMounts(cfg) {
+		c.WithVolumeMounts(corev1ac.VolumeMount().WithName(m.name).WithMountPath(m.dir()).WithReadOnly(true))
+	}
 	return c
+}
+
+// natsSecretMount is a Secret mounted for the relay's NATS connection, and the relay
+// flag each of its keys is passed to as a file path.
+type natsSecretMount struct {
+	name, secret string
+	keys         []struct{ key, flag string }
+}
+
+func (m natsSecretMount) dir() string            { return natsSecretsDir + "/" + m.name }
+func (m natsSecretMount) path(key string) string { return m.dir() + "/" + key }
+
+// volume projects only the keys the relay reads, readable by its group (fsGroup).
+func (m natsSecretMount) volume() *corev1ac.VolumeApplyConfiguration {
+	src := corev1ac.SecretVolumeSource().WithSecretName(m.secret).WithDefaultMode(0o440)
+	for _, k := range m.keys {
+		src.WithItems(corev1ac.KeyToPath().WithKey(k.key).WithPath(k.key))
+	}
+	return corev1ac.Volume().WithName(m.name).WithSecret(src)
+}
+
+// natsSecretMounts are the Secrets cfg names, in a fixed order so the pod template
+// is stable. The kubelet refreshes mounted Secrets and the relay reads these files on
+// every (re)connect, so rotated credentials and certificates need no pod restart.
+func natsSecretMounts(cfg Config) []natsSecretMount {
+	type keyFlag = struct{ key, flag string }
+	var out []natsSecretMount
+	if cfg.NATSCredsSecret != "" {
+		out = append(out, natsSecretMount{name: "nats-creds", secret: cfg.NATSCredsSecret,
+			keys: []keyFlag{{NATSCredsKey, "nats-creds"}}})
+	}
+	if cfg.NATSCASecret != "" {
+		out = append(out, natsSecretMount{name: "nats-ca", secret: cfg.NATSCASecret,
+			keys: []keyFlag{{NATSCAKey, "nats-ca"}}})
+	}
+	if cfg.NATSClientCertSecret != "" {
+		out = append(out, natsSecretMount{name: "nats-client-cert", secret: cfg.NATSClientCertSecret,
+			keys: []keyFlag{{corev1.TLSCertKey, "nats-tls-cert"}, {corev1.TLSPrivateKeyKey, "nats-tls-key"}}})
+	}
+	return out
 }
 
 func service(cfg Config) *corev1ac.ServiceApplyConfiguration {

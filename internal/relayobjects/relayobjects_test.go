@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	. "github.com/onsi/gomega"
@@ -32,6 +33,9 @@ func TestBuild_MatchesGolden(t *testing.T) {
 			cfg: Config{Namespace: "involveo-webhooks", Image: "example.com/webhook-operator:v1", Replicas: 1, StorageSize: &size, SyncInterval: "always"}},
 		{name: "external NATS with three replicas", golden: "nats.golden.yaml",
 			cfg: Config{Namespace: "involveo-webhooks", Image: "example.com/webhook-operator:v1", Replicas: 3, NATSURL: "nats://nats.messaging:4222"}},
+		{name: "external NATS with credentials and mutual TLS from Secrets", golden: "nats-secrets.golden.yaml",
+			cfg: Config{Namespace: "involveo-webhooks", Image: "example.com/webhook-operator:v1", Replicas: 2, NATSURL: "tls://nats.messaging:4222",
+				NATSReplicas: 5, NATSCredsSecret: "relay-nats-creds", NATSCASecret: "relay-nats-tls", NATSClientCertSecret: "relay-nats-tls"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -144,4 +148,41 @@ func TestManagerPodLabels_MatchTheManagerDeployment(t *testing.T) {
 		return
 	}
 	t.Fatal("no Deployment in config/manager/manager.yaml")
+}
+
+// TestBuild_NATSSecretFlagsPointAtMountedKeys follows each file flag of the relay to a
+// volume mount and the Secret key projected there, so a renamed key or path cannot
+// leave the relay reading a file that is not in the pod.
+func TestBuild_NATSSecretFlagsPointAtMountedKeys(t *testing.T) {
+	g := NewWithT(t)
+	pod := Build(Config{Namespace: "ns", Image: "img", NATSURL: "tls://n:4222",
+		NATSCredsSecret: "creds", NATSCASecret: "tls", NATSClientCertSecret: "tls"}).Deployment.Spec.Template.Spec
+	want := map[string]string{"--nats-creds": "creds/nats.creds", "--nats-ca": "tls/ca.crt",
+		"--nats-tls-cert": "tls/tls.crt", "--nats-tls-key": "tls/tls.key"}
+	got := map[string]string{}
+	c := pod.Containers[0]
+	for _, arg := range c.Args {
+		flag, file, ok := strings.Cut(arg, "=")
+		if _, asked := want[flag]; !ok || !asked {
+			continue
+		}
+		for _, m := range c.VolumeMounts {
+			rel, under := strings.CutPrefix(file, *m.MountPath+"/")
+			if !under {
+				continue
+			}
+			g.Expect(*m.ReadOnly).To(BeTrue())
+			for _, v := range pod.Volumes {
+				if *v.Name != *m.Name {
+					continue
+				}
+				for _, item := range v.Secret.Items {
+					if *item.Path == rel {
+						got[flag] = *v.Secret.SecretName + "/" + *item.Key
+					}
+				}
+			}
+		}
+	}
+	g.Expect(got).To(Equal(want))
 }

@@ -68,3 +68,25 @@ func TestInstall_KustomizeAndHelmRenderTheSameValidObjects(t *testing.T) {
 	dryRunApply(g, kustomized)
 	dryRunApply(g, charted)
 }
+
+func TestInstall_HelmPassesTheNATSSettingsToTheManager(t *testing.T) {
+	g := NewWithT(t)
+	charted := render(t, "helm", "template", "involveo-webhooks", "dist/chart", "--namespace", "involveo-webhooks",
+		"--set", "relay.replicas=3", "--set", "relay.natsURL=tls://nats.nats:4222", "--set", "relay.natsReplicas=5",
+		"--set", "relay.nats.credsSecret=relay-creds", "--set", "relay.nats.caSecret=relay-tls",
+		"--set", "relay.nats.clientCertSecret=relay-tls")
+	var args []string
+	for _, o := range charted {
+		if o.GetKind() != "Deployment" {
+			continue
+		}
+		containers, _, err := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+		g.Expect(err).NotTo(HaveOccurred())
+		a, _, err := unstructured.NestedStringSlice(containers[0].(map[string]any), "args")
+		g.Expect(err).NotTo(HaveOccurred())
+		args = append(args, a...)
+	}
+	g.Expect(args).To(ContainElements("--relay-replicas=3", "--nats-url=tls://nats.nats:4222", "--nats-replicas=5",
+		"--nats-creds-secret=relay-creds", "--nats-ca-secret=relay-tls", "--nats-client-cert-secret=relay-tls"))
+	dryRunApply(g, charted)
+}

@@ -24,6 +24,7 @@ import (
 	"github.com/involveo/webhook-operator/api/v1alpha1"
 	"github.com/involveo/webhook-operator/internal/relayobjects"
 	"github.com/involveo/webhook-operator/internal/routing"
+	"github.com/involveo/webhook-operator/internal/syncpolicy"
 )
 
 // Defaults of the settings that are not flags.
@@ -84,7 +85,8 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s applies to an external JetStream only: it needs --nats-url", s.flag))
 		}
 	}
-	if err := validSyncInterval(c.Relay.SyncInterval); err != nil {
+	var sync syncpolicy.Policy
+	if err := sync.Set(c.Relay.SyncInterval); err != nil {
 		errs = append(errs, fmt.Errorf("--relay-sync-interval: %w", err))
 	} else if c.Relay.SyncInterval != "" && c.Relay.NATSURL != "" {
 		errs = append(errs, errors.New("--relay-sync-interval applies to the embedded JetStream store only; an external one syncs as its servers' sync_interval says"))
@@ -146,20 +148,4 @@ func watched(namespaces []string, extra ...string) map[string]cache.Config {
 		out[ns] = cache.Config{}
 	}
 	return out
-}
-
-// validSyncInterval accepts what the relay's --sync-interval does, so a typo
-// is refused here instead of crash-looping the relay.
-func validSyncInterval(s string) error {
-	if s == "" || s == "always" {
-		return nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return fmt.Errorf(`want "always" or a duration such as 1s: %w`, err)
-	}
-	if d <= 0 {
-		return errors.New("a sync interval must be positive")
-	}
-	return nil
 }

@@ -63,11 +63,11 @@ const (
 	// deliveries/s, a twentieth of what the relay sustains at 100-way
 	// fan-out on two cores.
 	isolationRate = 100
-	// isolationFor is how long the producers post. At 50 hanging deliveries
-	// a second against about 3 attempts a second (16 in flight, 5 s each),
-	// some 1,400 wait by the end: more than the dispatcher parks in memory
-	// (576 today), so for the second half of the run the surplus keeps
-	// coming back from JetStream to be deferred again.
+	// isolationFor is how long the producers post. The hanging route gets
+	// 50 deliveries a second and finishes a few (its window of attempts,
+	// 5 s each), so well over a thousand wait by the end: the backlog
+	// outgrows what one lane may park and goes back to JetStream as
+	// scheduled messages, the path whose cost to the others is measured.
 	isolationFor = 30 * time.Second
 	// isolationHangTimeout is the hanging route's timeout: when the relay
 	// gives up on an attempt, and frees the worker.

@@ -26,6 +26,8 @@ import (
 	"github.com/involveo/webhook-operator/internal/event"
 	"github.com/involveo/webhook-operator/internal/natstest"
 	"github.com/involveo/webhook-operator/internal/routing"
+
+	"github.com/involveo/webhook-operator/internal/syncpolicy"
 )
 
 // The end-to-end benchmarks post b.N seed events to a relay (durable: every
@@ -96,7 +98,7 @@ func BenchmarkRelay_OneSubscription(b *testing.B) { benchEndToEnd(b, startBenchR
 func BenchmarkRelay_OneSubscriptionSyncAlways(b *testing.B) {
 	benchEndToEnd(b, func(b *testing.B, routes *routing.Routes, _ func()) string {
 		cfg := benchRelayConfig(b)
-		cfg.Queue.Sync = SyncPolicy{Always: true}
+		cfg.Queue.Sync = syncpolicy.Policy{Always: true}
 		return runBenchRelay(b, cfg, routes)
 	}, 1)
 }

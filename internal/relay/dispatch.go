@@ -118,8 +118,8 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	if ok, hold := r.breaker.admit(route.ID, time.Now()); !ok {
-		// Paused endpoint: the delivery waits in JetStream until the next
-		// probe, or until someone asks for a redelivery.
+		// Paused endpoint: the delivery waits in JetStream, as a scheduled
+		// message, until the next probe is due.
 		r.hold(d, time.Now().Add(hold))
 		return
 	}

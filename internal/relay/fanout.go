@@ -15,9 +15,10 @@ import (
 	"github.com/involveo/webhook-operator/internal/routing"
 )
 
-// fanoutRetryDelay is how soon an event whose deliveries could not all be
-// stored (deliveries stream full or unavailable) is tried again. The event
-// stays in the event log meanwhile, so nothing is lost.
+// fanoutRetryDelay is how soon a message whose follow-up could not be stored
+// (deliveries stream full or unavailable) is tried again: an event's
+// deliveries, or a delivery's scheduled copy. The original stays where it is
+// meanwhile, so nothing is lost.
 const fanoutRetryDelay = time.Second
 
 // fanoutBatch is how many deliveries are published before waiting for their
@@ -41,8 +42,9 @@ func deliveryID(eventID, subscriptionID string) string {
 // fanout turns one stored event into one delivery per matching subscription,
 // then acknowledges the event. Deliveries carry a message id, so publishing
 // them again after a crash between the publish and the ack creates no
-// duplicates.
-func (r *Relay) fanout(ctx context.Context, msg jetstream.Msg) {
+// duplicates. An event still waiting for room when stop closes is handed
+// back, so a shutdown does not wait for the deliveries stream to drain.
+func (r *Relay) fanout(ctx context.Context, stop <-chan struct{}, msg jetstream.Msg) {
 	eventID := msg.Headers().Get(hdrEventID)
 	eventType := msg.Headers().Get(hdrEventType)
 	if eventID == "" || eventType == "" {
@@ -50,7 +52,7 @@ func (r *Relay) fanout(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
-	if !r.waitForRoom(ctx, msg) {
+	if !r.waitForRoom(ctx, stop, msg) {
 		return
 	}
 	routes := r.routes.Load()
@@ -94,11 +96,14 @@ func (r *Relay) fanout(ctx context.Context, msg jetstream.Msg) {
 // waitForRoom holds fan-out while pending deliveries are over their size
 // limit: the events wait where they are, and ingest refuses new ones once
 // the event log is full too.
-func (r *Relay) waitForRoom(ctx context.Context, msg jetstream.Msg) bool {
+func (r *Relay) waitForRoom(ctx context.Context, stop <-chan struct{}, msg jetstream.Msg) bool {
 	for r.queue.deliveriesFull.Load() {
 		_ = msg.InProgress()
 		select {
 		case <-ctx.Done():
+			_ = msg.Nak()
+			return false
+		case <-stop:
 			_ = msg.Nak()
 			return false
 		case <-time.After(deliveriesCheckEvery):

@@ -65,13 +65,14 @@ func newEndpoint(t testing.TB, status int) *endpoint {
 // gives up.
 func newHangingEndpoint(t testing.TB) (e *endpoint, release chan struct{}) {
 	release = make(chan struct{})
-	e = newEndpoint(t, http.StatusOK)
-	e.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	e = &endpoint{got: make(chan received, 1000), status: http.StatusOK}
+	e.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-release:
 		case <-r.Context().Done():
 		}
-	})
+	}))
+	t.Cleanup(e.Close)
 	return e, release
 }
 

@@ -64,7 +64,7 @@ type errorResponse struct {
 	Field string `json:"field,omitempty"`
 }
 
-// ServeHTTP implements POST /v1/events.
+// handleIngest serves POST /v1/events.
 func (r *Relay) handleIngest(w http.ResponseWriter, req *http.Request) {
 	status, body := r.ingest(req)
 	r.metrics.ingest.WithLabelValues(strconv.Itoa(status)).Inc()

@@ -84,22 +84,32 @@ func TestDelivery_HangingEndpointCannotFillThePendingSet(t *testing.T) {
 	}
 }
 
-func TestFanout_WaitsWhilePendingDeliveriesAreOverTheirLimit(t *testing.T) {
-	ep := newEndpoint(t, http.StatusInternalServerError)
-	tr := startRelay(t, table(routeYAML("ns/a", ep.URL, `["*"]`, "    retry: {maxRetries: 3, interval: 1h}\n")), allowLoopback,
-		func(c *Config) { c.Queue.DeliveriesMaxBytes = 1 })
-	ctx := context.Background()
+// holdEventForRoom fills the deliveries stream of a relay whose limit is one
+// byte with a retry waiting an hour, then posts task.deleted and waits until
+// fan-out holds it for want of room. The endpoint answers 200 from then on.
+func holdEventForRoom(t *testing.T, tr *testRelay, ep *endpoint) {
+	t.Helper()
 	tr.mustPost(t, seedEvent(t, "task.created"))
 	ep.next(t, 10*time.Second)
-	// The retry waiting an hour puts the stream over its one-byte limit.
 	eventually(t, 10*time.Second, "deliveries marked full", tr.queue.deliveriesFull.Load)
-
 	ep.setStatus(http.StatusOK)
 	tr.mustPost(t, seedEvent(t, "task.deleted"))
 	eventually(t, 10*time.Second, "second event held by fan-out", func() bool {
-		info, err := tr.queue.fanout.Info(ctx)
+		info, err := tr.queue.fanout.Info(context.Background())
 		return err == nil && info.NumAckPending == 1
 	})
+}
+
+// oneByteDeliveries leaves room for no pending delivery.
+func oneByteDeliveries(c *Config) { c.Queue.DeliveriesMaxBytes = 1 }
+
+const hourlyRetries = "    retry: {maxRetries: 3, interval: 1h}\n"
+
+func TestFanout_WaitsWhilePendingDeliveriesAreOverTheirLimit(t *testing.T) {
+	ep := newEndpoint(t, http.StatusInternalServerError)
+	tr := startRelay(t, table(routeYAML("ns/a", ep.URL, `["*"]`, hourlyRetries)), allowLoopback, oneByteDeliveries)
+	ctx := context.Background()
+	holdEventForRoom(t, tr, ep)
 	if info, err := tr.queue.deliveries.Info(ctx); err != nil || info.State.Msgs != 1 {
 		t.Fatalf("deliveries stream holds %v messages (err %v), want only the waiting retry", info.State.Msgs, err)
 	}
@@ -110,5 +120,37 @@ func TestFanout_WaitsWhilePendingDeliveriesAreOverTheirLimit(t *testing.T) {
 	got := ep.next(t, 10*time.Second)
 	if typ := got.header.Get("X-Involveo-Event"); typ != "task.deleted" {
 		t.Fatalf("delivered %q after the stream had room again, want task.deleted", typ)
+	}
+}
+
+func TestShutdown_HandsBackEventsWaitingForRoom(t *testing.T) {
+	ep := newEndpoint(t, http.StatusInternalServerError)
+	dir, tbl := t.TempDir(), table(routeYAML("ns/a", ep.URL, `["*"]`, hourlyRetries))
+	// A shutdown that waited for the held events would take the whole hour.
+	tr := startRelayIn(t, dir, tbl, allowLoopback, oneByteDeliveries, func(c *Config) { c.ShutdownTimeout = time.Hour })
+	holdEventForRoom(t, tr, ep)
+	// More events than fan-out workers: every worker waits, and the pull
+	// loop waits to hand over the next one.
+	held := fanoutWorkers + 2
+	for range held - 1 {
+		tr.mustPost(t, seedEvent(t, "task.deleted"))
+	}
+	eventually(t, 10*time.Second, "events held by fan-out", func() bool {
+		info, err := tr.queue.fanout.Info(context.Background())
+		return err == nil && info.NumAckPending == held
+	})
+	tr.cancel()
+	select {
+	case <-tr.done:
+		tr.cancel = nil
+	case <-time.After(time.Minute):
+		t.Fatal("relay still shutting down a minute later: fan-out kept waiting for room")
+	}
+
+	startRelayIn(t, dir, tbl, allowLoopback)
+	for range held {
+		if typ := ep.next(t, 10*time.Second).header.Get("X-Involveo-Event"); typ != "task.deleted" {
+			t.Fatalf("delivered %q after the restart, want the handed-back task.deleted", typ)
+		}
 	}
 }

@@ -126,11 +126,17 @@ func (r *Relay) listAttempts(ctx context.Context, subID string, before uint64, l
 		pos uint64
 		a   health.Attempt
 	}
+	// Only the newest limit+1 are kept while scanning oldest first: one more
+	// than the page tells whether there is a next one, and a busy
+	// subscription's log may hold hundreds of thousands of attempts.
 	var all []logged
 	err := r.scan(ctx, attemptsStream, attemptsSubjectPrefix+subscriptionToken(subID), 1, 0, func(m *jetstream.RawStreamMsg) bool {
 		for i, a := range decodeAttempts(m.Data) {
 			if pos := m.Sequence<<attemptIndexBits | uint64(i); before == 0 || pos < before {
 				all = append(all, logged{pos, a})
+				if len(all) > limit+1 {
+					all = all[1:]
+				}
 			}
 		}
 		return true

@@ -11,6 +11,8 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/involveo/webhook-operator/internal/syncpolicy"
 )
 
 // Streams and consumers. The names are part of the on-disk state: changing
@@ -77,7 +79,7 @@ type QueueConfig struct {
 	NATSURL string
 	// Sync is how often the embedded server forces its store to disk. An
 	// external JetStream's servers set their own (sync_interval).
-	Sync SyncPolicy
+	Sync syncpolicy.Policy
 	// Replicas is the stream replication factor on an external cluster.
 	Replicas int
 	// CredsFile, CAFile and TLSCert/TLSKey authenticate to an external
@@ -103,10 +105,13 @@ type QueueConfig struct {
 	// JetStream assumes the relay died and hands it out again. It must exceed
 	// the longest endpoint timeout.
 	DeliverAckWait time.Duration
-	// MaxAckPending bounds deliveries handed to this relay and not yet settled.
+	// MaxAckPending bounds the messages each shared consumer has handed out
+	// to all relays together and that are not yet settled.
 	MaxAckPending int
-	// AttemptLogSize is how many attempts the delivery log keeps per
-	// subscription.
+	// AttemptLogSize is how many delivery log messages are kept per
+	// subscription. Each holds the attempts that finished within one flush
+	// (attemptFlushEvery), so at least this many attempts are kept, and
+	// more at high rates.
 	AttemptLogSize int64
 }
 
@@ -178,6 +183,9 @@ func OpenQueue(ctx context.Context, cfg QueueConfig, log logr.Logger) (*Queue, e
 	return q, nil
 }
 
+// errNoSchedules is a JetStream too old for the relay; waiting does not help.
+var errNoSchedules = errors.New("the JetStream server does not support message schedules (allow_msg_schedules): the relay needs nats-server 2.12 or later")
+
 // declareWithRetry declares the streams and consumers, retrying while a
 // JetStream cluster is still electing leaders or busy: relays and NATS pods
 // often start together, and a relay that gave up at once would crash-loop.
@@ -185,7 +193,7 @@ func (q *Queue) declareWithRetry(ctx context.Context, cfg QueueConfig, log logr.
 	deadline := time.Now().Add(declareTimeout)
 	for {
 		err := q.declare(ctx, cfg)
-		if err == nil || time.Now().After(deadline) {
+		if err == nil || errors.Is(err, errNoSchedules) || time.Now().After(deadline) {
 			return err
 		}
 		log.Info("JetStream not ready to declare the streams; retrying", "error", err.Error())
@@ -207,7 +215,7 @@ func externalOptions(cfg QueueConfig) ([]nats.Option, error) {
 		}
 		return nil, nil
 	}
-	if cfg.Sync != (SyncPolicy{}) {
+	if cfg.Sync != (syncpolicy.Policy{}) {
 		return nil, errors.New("--sync-interval applies to the embedded JetStream; an external one syncs as its servers' sync_interval says")
 	}
 	var opts []nats.Option
@@ -226,7 +234,7 @@ func externalOptions(cfg QueueConfig) ([]nats.Option, error) {
 	return opts, nil
 }
 
-func startEmbedded(dataDir string, sync SyncPolicy) (*server.Server, error) {
+func startEmbedded(dataDir string, sync syncpolicy.Policy) (*server.Server, error) {
 	if dataDir == "" {
 		return nil, errors.New("the embedded JetStream needs --data-dir (or use --nats-url)")
 	}
@@ -304,6 +312,12 @@ func (q *Queue) declare(ctx context.Context, cfg QueueConfig) error {
 		s, err := q.js.CreateOrUpdateStream(ctx, sc)
 		if err != nil {
 			return fmt.Errorf("declare stream %s: %w", sc.Name, err)
+		}
+		// A server that predates message schedules ignores the setting and
+		// stores scheduled copies as plain messages that nothing reads: every
+		// retry would be lost once its original is acknowledged.
+		if sc.AllowMsgSchedules && !s.CachedInfo().Config.AllowMsgSchedules {
+			return fmt.Errorf("declare stream %s: %w", sc.Name, errNoSchedules)
 		}
 		switch sc.Name {
 		case eventsStream:

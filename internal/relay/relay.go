@@ -62,8 +62,9 @@ const (
 	// DefaultDeliverAckWait exceeds the longest endpoint timeout (5m) with
 	// room for the attempt's bookkeeping.
 	DefaultDeliverAckWait = 6 * time.Minute
-	// DefaultMaxAckPending bounds deliveries held by one relay; parked
-	// deliveries count too.
+	// DefaultMaxAckPending bounds the deliveries handed out and not yet
+	// settled, across all relays sharing the consumer; parked deliveries
+	// count too.
 	DefaultMaxAckPending = 20000
 )
 
@@ -260,10 +261,11 @@ func (r *Relay) Run(ctx context.Context) error {
 	defer stopWork()
 	var wg sync.WaitGroup
 	events := make(chan jetstream.Msg)
+	stopPulling := make(chan struct{})
 	for range fanoutWorkers {
 		wg.Go(func() {
 			for msg := range events {
-				r.fanout(workCtx, msg)
+				r.fanout(workCtx, stopPulling, msg)
 			}
 		})
 	}
@@ -271,7 +273,6 @@ func (r *Relay) Run(ctx context.Context) error {
 	wg.Go(func() { r.flushAttempts(workCtx) })
 	wg.Go(func() { q.watchDeliveries(workCtx, r.cfg.Queue.DeliveriesMaxBytes, r.log) })
 	pumpErr := make(chan error, 2)
-	stopPulling := make(chan struct{})
 	var pumps sync.WaitGroup
 	pumps.Go(func() {
 		if err := r.pump(stopPulling, q.fanout, fanoutConsumer, fanoutPull, func(m jetstream.Msg) { events <- m }); err != nil {

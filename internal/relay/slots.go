@@ -347,13 +347,3 @@ func (s *slots) parkedDeliveries() []*pendingDelivery {
 	}
 	return out
 }
-
-// laneOf reports the attempts a subscription runs and its window.
-func (s *slots) laneOf(id string) (running, window int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if l, ok := s.lanes[id]; ok {
-		return l.running, l.window
-	}
-	return 0, 0
-}

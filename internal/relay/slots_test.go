@@ -40,8 +40,7 @@ func TestSlots_HangingEndpointHoldsOneWorkerAndParksLittle(t *testing.T) {
 	for range 16 {
 		s.done("hang", route, unanswered, 30*time.Second)
 	}
-	running, window := s.laneOf("hang")
-	if window != 1 {
+	if _, window := s.laneOf("hang"); window != 1 {
 		t.Fatalf("window %d after 16 timeouts, want 1", window)
 	}
 	took := 0
@@ -50,7 +49,7 @@ func TestSlots_HangingEndpointHoldsOneWorkerAndParksLittle(t *testing.T) {
 			took++
 		}
 	}
-	running, _ = s.laneOf("hang")
+	running, _ := s.laneOf("hang")
 	// Parking holds parkHorizon of work at the lane's pace, which is about
 	// one attempt per timeout: one running, one parked.
 	if running != 1 || took != 2 {
@@ -208,4 +207,14 @@ func TestSlots_FullParkingFirstEvictsLanesThatStoppedMakingProgress(t *testing.T
 	if n := len(s.parkedDeliveries()); n != 5 {
 		t.Fatalf("parked %d, want 5 (2 each for a and b, c)", n)
 	}
+}
+
+// laneOf reports the attempts a subscription runs and its window.
+func (s *slots) laneOf(id string) (running, window int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l, ok := s.lanes[id]; ok {
+		return l.running, l.window
+	}
+	return 0, 0
 }

@@ -80,7 +80,8 @@ func (s *stats) cancelled(subID string) {
 }
 
 // waiting marks a delivery as waiting for a retry. It is idempotent because a
-// waiting delivery is seen again each time JetStream hands it out early.
+// delivery can be marked again: a held copy that comes due early (a skewed
+// clock) or a redelivery after a crash.
 func (s *stats) waiting(deliveryID, subID string, expires time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -7,53 +7,19 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
-)
 
-func TestSyncPolicy_ParsesTheFlag(t *testing.T) {
-	tests := []struct {
-		in      string
-		want    SyncPolicy
-		wantErr string
-	}{
-		{in: "", want: SyncPolicy{}},
-		{in: "always", want: SyncPolicy{Always: true}},
-		{in: "1s", want: SyncPolicy{Interval: time.Second}},
-		{in: "250ms", want: SyncPolicy{Interval: 250 * time.Millisecond}},
-		{in: "0s", wantErr: "positive"},
-		{in: "-1s", wantErr: "positive"},
-		{in: "Always", wantErr: `"always" or a duration`},
-		{in: "soon", wantErr: `"always" or a duration`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.in, func(t *testing.T) {
-			got := SyncPolicy{Interval: time.Hour}
-			err := got.Set(tt.in)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("Set(%q) = %v, want an error containing %q", tt.in, err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil || got != tt.want {
-				t.Fatalf("Set(%q) = %+v, %v; want %+v", tt.in, got, err, tt.want)
-			}
-			var again SyncPolicy
-			if err := again.Set(got.String()); err != nil || again != got {
-				t.Fatalf("String() = %q does not parse back: %+v, %v", got.String(), again, err)
-			}
-		})
-	}
-}
+	"github.com/involveo/webhook-operator/internal/syncpolicy"
+)
 
 func TestOpenQueue_EmbeddedServerSyncsAsConfigured(t *testing.T) {
 	tests := []struct {
 		name   string
-		policy SyncPolicy
+		policy syncpolicy.Policy
 		check  func(always bool, interval time.Duration) bool
 	}{
-		{"default keeps JetStream's interval", SyncPolicy{}, func(a bool, i time.Duration) bool { return !a && i == 2*time.Minute }},
-		{"always", SyncPolicy{Always: true}, func(a bool, _ time.Duration) bool { return a }},
-		{"interval", SyncPolicy{Interval: time.Second}, func(a bool, i time.Duration) bool { return !a && i == time.Second }},
+		{"default keeps JetStream's interval", syncpolicy.Policy{}, func(a bool, i time.Duration) bool { return !a && i == 2*time.Minute }},
+		{"always", syncpolicy.Policy{Always: true}, func(a bool, _ time.Duration) bool { return a }},
+		{"interval", syncpolicy.Policy{Interval: time.Second}, func(a bool, i time.Duration) bool { return !a && i == time.Second }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -77,7 +43,7 @@ func TestOpenQueue_EmbeddedServerSyncsAsConfigured(t *testing.T) {
 func TestOpenQueue_SyncIntervalNeedsTheEmbeddedServer(t *testing.T) {
 	cfg := DefaultConfig().Queue
 	cfg.NATSURL = "nats://127.0.0.1:1"
-	cfg.Sync = SyncPolicy{Always: true}
+	cfg.Sync = syncpolicy.Policy{Always: true}
 	_, err := OpenQueue(context.Background(), cfg, logr.Discard())
 	if err == nil || !strings.Contains(err.Error(), "--sync-interval") {
 		t.Fatalf("OpenQueue = %v, want an error naming --sync-interval", err)

@@ -75,7 +75,7 @@ func run() error {
 	flag.Int64Var(&cfg.Queue.DeliveriesMaxBytes, "deliveries-max-bytes", cfg.Queue.DeliveriesMaxBytes, "pending deliveries size limit: above it, fan-out waits and events stay in the event log")
 	flag.Int64Var(&cfg.Queue.DeadLettersMaxBytes, "dead-letters-max-bytes", cfg.Queue.DeadLettersMaxBytes, "dead-letter stream size limit (oldest dropped first)")
 	flag.DurationVar(&cfg.Queue.DeadLettersMaxAge, "dead-letters-max-age", cfg.Queue.DeadLettersMaxAge, "how long dead letters are kept")
-	flag.DurationVar(&cfg.Queue.DeliverAckWait, "deliver-ack-wait", cfg.Queue.DeliverAckWait, "how long an attempt may hold a delivery before another relay takes it over; must exceed the longest endpoint timeout (5m)")
+	flag.DurationVar(&cfg.Queue.DeliverAckWait, "deliver-ack-wait", cfg.Queue.DeliverAckWait, "how long a relay may stop answering before the deliveries it holds go to another; it reports progress every quarter of this while it parks or attempts them")
 	flag.IntVar(&cfg.Queue.MaxAckPending, "max-ack-pending", cfg.Queue.MaxAckPending, "deliveries handed out and not yet settled, per consumer")
 	flag.Int64Var(&cfg.Queue.AttemptLogSize, "attempt-log-size", cfg.Queue.AttemptLogSize, "delivery log entries kept per subscription; each holds the attempts finished within 100ms, so at least this many attempts")
 	flag.IntVar(&cfg.Breaker.AfterDeadLetters, "pause-after-dead-letters", cfg.Breaker.AfterDeadLetters, "pause an endpoint after this many dead letters in a row (0: never)")

@@ -3,6 +3,7 @@ package relay
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestConfig_ValidateNamesTheFlag(t *testing.T) {
@@ -16,6 +17,7 @@ func TestConfig_ValidateNamesTheFlag(t *testing.T) {
 		{"no replicas", func(c *Config) { c.Replicas = 0 }, "--replicas"},
 		{"no pending set", func(c *Config) { c.Queue.MaxAckPending = 0 }, "--max-ack-pending"},
 		{"no ack wait", func(c *Config) { c.Queue.DeliverAckWait = 0 }, "--deliver-ack-wait"},
+		{"sub-second ack wait", func(c *Config) { c.Queue.DeliverAckWait = 500 * time.Millisecond }, "--deliver-ack-wait"},
 	}
 	if err := DefaultConfig().Validate(); err != nil {
 		t.Fatalf("defaults rejected: %v", err)

@@ -123,6 +123,7 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg) {
 		r.hold(d, time.Now().Add(hold))
 		return
 	}
+	var release func()
 	for {
 		if route, ok = r.routes.Load().Get(d.subscriptionID); !ok {
 			r.cancel(d)
@@ -139,6 +140,10 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg) {
 		case laneFull:
 			r.postpone(d)
 			return
+		}
+		if release == nil {
+			release = r.inHand.hold(msg)
+			defer release()
 		}
 		select {
 		case <-r.slots.room:
@@ -167,7 +172,9 @@ func (r *Relay) run(ctx context.Context, d *pendingDelivery) {
 			// Parked time counted against AckWait; the attempt gets it afresh.
 			_ = d.msg.InProgress()
 		}
+		release := r.inHand.hold(d.msg)
 		o, took := r.attempt(ctx, d)
+		release()
 		route, _ := r.routes.Load().Get(d.subscriptionID)
 		start, evicted := r.slots.done(d.subscriptionID, route, o, took)
 		for _, e := range evicted {
@@ -181,15 +188,16 @@ func (r *Relay) run(ctx context.Context, d *pendingDelivery) {
 	}
 }
 
-// keepParked looks after parked deliveries until ctx is done: every
-// parkSweepEvery, lanes that stopped making progress give back what no
+// keepHeld looks after the deliveries this relay holds until ctx is done:
+// every parkSweepEvery, lanes that stopped making progress give back what no
 // longer fits them (nothing else would evict them while nothing new
-// arrives for them), and every quarter of AckWait JetStream is told the rest
-// are still being worked on, so none is handed out twice while it waits.
-func (r *Relay) keepParked(ctx context.Context) {
+// arrives for them), and every quarter of AckWait JetStream is told that the
+// parked rest and those in hand are still being worked on, so none is handed
+// out twice while it waits or its attempt runs.
+func (r *Relay) keepHeld(ctx context.Context) {
 	sweep := time.NewTicker(parkSweepEvery)
 	defer sweep.Stop()
-	progress := time.NewTicker(max(r.cfg.Queue.DeliverAckWait/4, time.Second))
+	progress := time.NewTicker(r.cfg.Queue.DeliverAckWait / 4)
 	defer progress.Stop()
 	for {
 		select {
@@ -202,6 +210,9 @@ func (r *Relay) keepParked(ctx context.Context) {
 		case <-progress.C:
 			for _, d := range r.slots.parkedDeliveries() {
 				_ = d.msg.InProgress()
+			}
+			for _, m := range r.inHand.all() {
+				_ = m.InProgress()
 			}
 		}
 	}

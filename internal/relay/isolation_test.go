@@ -3,6 +3,8 @@ package relay
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -152,5 +154,29 @@ func TestShutdown_HandsBackEventsWaitingForRoom(t *testing.T) {
 		if typ := ep.next(t, 10*time.Second).header.Get("X-Involveo-Event"); typ != "task.deleted" {
 			t.Fatalf("delivered %q after the restart, want the handed-back task.deleted", typ)
 		}
+	}
+}
+
+// TestDelivery_AttemptLongerThanAckWaitIsNotHandedOutTwice: the relay reports
+// progress on a running attempt, so JetStream does not take the delivery
+// back while the endpoint is still answering.
+func TestDelivery_AttemptLongerThanAckWaitIsNotHandedOutTwice(t *testing.T) {
+	const ackWait = 2 * time.Second
+	var requests atomic.Int32
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		select {
+		case <-time.After(3 * ackWait):
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(slow.Close)
+	tr := startRelay(t, table(routeYAML("ns/slow", slow.URL, `["*"]`, "    timeout: 1m\n")), allowLoopback,
+		func(c *Config) { c.Queue.DeliverAckWait = ackWait })
+	tr.mustPost(t, seedEvent(t, "task.created"))
+	eventually(t, 30*time.Second, "the slow attempt succeeded", func() bool { return subHealth(t, tr.Relay, "ns/slow").Succeeded == 1 })
+	// A redelivery would have started while the first attempt still ran.
+	if n := requests.Load(); n != 1 {
+		t.Fatalf("endpoint got %d requests for one delivery, want 1", n)
 	}
 }

@@ -101,9 +101,9 @@ type QueueConfig struct {
 	// DeadLettersMaxBytes and DeadLettersMaxAge bound the dead-letter stream.
 	DeadLettersMaxBytes int64
 	DeadLettersMaxAge   time.Duration
-	// DeliverAckWait is how long an attempt may hold a delivery before
-	// JetStream assumes the relay died and hands it out again. It must exceed
-	// the longest endpoint timeout.
+	// DeliverAckWait is how long a relay may go without reporting progress
+	// on a delivery it holds before JetStream assumes it died and hands the
+	// delivery out again.
 	DeliverAckWait time.Duration
 	// MaxAckPending bounds the messages each shared consumer has handed out
 	// to all relays together and that are not yet settled.

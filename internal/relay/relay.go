@@ -59,9 +59,12 @@ const (
 
 // Defaults of cmd/relay's flags that tests and benchmarks share.
 const (
-	// DefaultDeliverAckWait exceeds the longest endpoint timeout (5m) with
-	// room for the attempt's bookkeeping.
-	DefaultDeliverAckWait = 6 * time.Minute
+	// DefaultDeliverAckWait is how soon the deliveries a crashed relay held
+	// go to the others. A live relay reports progress on what it holds every
+	// quarter of it (keepHeld), so it need not outlast the longest attempt:
+	// only a relay that stopped answering for this long loses its deliveries
+	// to another, and a delivery may then be attempted twice.
+	DefaultDeliverAckWait = time.Minute
 	// DefaultMaxAckPending bounds the deliveries handed out and not yet
 	// settled, across all relays sharing the consumer; parked deliveries
 	// count too.
@@ -133,7 +136,7 @@ func (c Config) Validate() error {
 		{c.MaxInFlightPerSubscription >= 1, "--max-in-flight-per-subscription", "at least 1"},
 		{c.Replicas >= 1, "--replicas", "at least 1"},
 		{c.Queue.MaxAckPending >= 1, "--max-ack-pending", "at least 1"},
-		{c.Queue.DeliverAckWait > 0, "--deliver-ack-wait", "a positive duration"},
+		{c.Queue.DeliverAckWait >= time.Second, "--deliver-ack-wait", "at least 1s"},
 	} {
 		if !check.ok {
 			return fmt.Errorf("%s must be %s", check.flag, check.want)
@@ -151,6 +154,7 @@ type Relay struct {
 	stats   *stats
 	metrics *metrics
 	slots   *slots
+	inHand  *inHand
 	// attemptLog batches the delivery log.
 	attemptLog *attemptLog
 	// attempts counts the goroutines running attempts; settling those
@@ -183,6 +187,7 @@ func New(cfg Config) *Relay {
 		log:        cfg.Log,
 		stats:      newStats(),
 		attemptLog: newAttemptLog(),
+		inHand:     newInHand(),
 		slots:      newSlots(cfg.Workers, cfg.MaxInFlightPerSubscription, cfg.Queue.MaxAckPending, cfg.Replicas),
 		limiters:   newLimiters(cfg.Replicas),
 		breaker:    newBreaker(cfg.Breaker),
@@ -269,7 +274,7 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 		})
 	}
-	wg.Go(func() { r.keepParked(workCtx) })
+	wg.Go(func() { r.keepHeld(workCtx) })
 	wg.Go(func() { r.flushAttempts(workCtx) })
 	wg.Go(func() { q.watchDeliveries(workCtx, r.cfg.Queue.DeliveriesMaxBytes, r.log) })
 	pumpErr := make(chan error, 2)

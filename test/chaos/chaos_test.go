@@ -56,11 +56,11 @@ const (
 	// fanoutAckWait is the relay's fixed AckWait of the fan-out consumer
 	// (internal/relay/queue.go): events a dead relay was fanning out come back
 	// after it.
-	fanoutAckWait = 30 * time.Second
+	fanoutAckWait = 10 * time.Second
 	// settleWithin bounds the wait for every acknowledged event to arrive: the
-	// longer AckWait plus a redelivery and attempt, with room for a loaded CI
+	// AckWaits plus a redelivery and attempt, with room for a loaded CI
 	// machine.
-	settleWithin = fanoutAckWait + deliverAckWait + 15*time.Second
+	settleWithin = fanoutAckWait + deliverAckWait + 30*time.Second
 	// globalAccount is the account of a NATS server without accounts.
 	globalAccount = "$G"
 )

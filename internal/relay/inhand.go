@@ -7,8 +7,9 @@ import (
 )
 
 // inHand is the deliveries this relay holds outside the slots' parking: the
-// ones running an attempt (rate-limit wait, request, storing its follow-up)
-// and the one a dispatcher holds while the whole relay is full. keepHeld
+// ones running an attempt (rate-limit wait, request, storing its follow-up),
+// the one a dispatcher holds while the whole relay is full, and those fetched
+// behind it, not yet dispatched. keepHeld
 // tells JetStream they are in progress, so --deliver-ack-wait only has to
 // outlast a relay that stopped answering, not the longest attempt, and the
 // work of a crashed relay goes to the others that much sooner.

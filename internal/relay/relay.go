@@ -280,13 +280,13 @@ func (r *Relay) Run(ctx context.Context) error {
 	pumpErr := make(chan error, 2)
 	var pumps sync.WaitGroup
 	pumps.Go(func() {
-		if err := r.pump(stopPulling, q.fanout, fanoutConsumer, fanoutPull, func(m jetstream.Msg) { events <- m }); err != nil {
+		if err := r.pump(stopPulling, q.fanout, fanoutConsumer, fanoutPull, nil, func(m jetstream.Msg) { events <- m }); err != nil {
 			pumpErr <- err
 		}
 		close(events)
 	})
 	pumps.Go(func() {
-		if err := r.pump(stopPulling, q.deliver, deliverConsumer, 2*r.cfg.Workers, func(m jetstream.Msg) { r.dispatch(workCtx, m) }); err != nil {
+		if err := r.pump(stopPulling, q.deliver, deliverConsumer, 2*r.cfg.Workers, r.inHand, func(m jetstream.Msg) { r.dispatch(workCtx, m) }); err != nil {
 			pumpErr <- err
 		}
 	})
@@ -345,7 +345,7 @@ func (r *Relay) Run(ctx context.Context) error {
 // iterator's count of outstanding messages drifted from the server's (no
 // pull request left on the server, the client waiting for messages it had
 // asked for), and only the missed-heartbeat timeout ended each stall.
-func (r *Relay) pump(stop <-chan struct{}, c jetstream.Consumer, name string, batch int, handle func(jetstream.Msg)) error {
+func (r *Relay) pump(stop <-chan struct{}, c jetstream.Consumer, name string, batch int, held *inHand, handle func(jetstream.Msg)) error {
 	failures := 0
 	for {
 		select {
@@ -353,7 +353,7 @@ func (r *Relay) pump(stop <-chan struct{}, c jetstream.Consumer, name string, ba
 			return nil
 		default:
 		}
-		got, err := pull(c, batch, handle)
+		got, err := pull(c, batch, held, handle)
 		if err == nil || got > 0 {
 			failures = 0
 			continue
@@ -380,17 +380,39 @@ func (r *Relay) pump(stop <-chan struct{}, c jetstream.Consumer, name string, ba
 	}
 }
 
-// pull fetches one batch and hands its messages to handle. The error is the
-// request's or the batch's; running out of time is not one.
-func pull(c jetstream.Consumer, batch int, handle func(jetstream.Msg)) (int, error) {
+// pull fetches one batch and hands its messages to handle. With held, each
+// message is in hand from its arrival until handle returns, so the ones
+// queued behind a handler that waits are reported in progress too. The
+// error is the request's or the batch's; running out of time is not one.
+func pull(c jetstream.Consumer, batch int, held *inHand, handle func(jetstream.Msg)) (int, error) {
 	b, err := c.Fetch(batch, jetstream.FetchMaxWait(fetchWait))
 	if err != nil {
 		return 0, err
 	}
 	got := 0
-	for msg := range b.Messages() {
-		handle(msg)
-		got++
+	if held == nil {
+		for msg := range b.Messages() {
+			handle(msg)
+			got++
+		}
+	} else {
+		type arrival struct {
+			msg     jetstream.Msg
+			release func()
+		}
+		// Buffered for the whole batch, so the reader never blocks.
+		arrived := make(chan arrival, batch)
+		go func() {
+			for msg := range b.Messages() {
+				arrived <- arrival{msg, held.hold(msg)}
+			}
+			close(arrived)
+		}()
+		for a := range arrived {
+			handle(a.msg)
+			a.release()
+			got++
+		}
 	}
 	if err := b.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 		return got, err

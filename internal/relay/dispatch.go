@@ -123,7 +123,6 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg) {
 		r.hold(d, time.Now().Add(hold))
 		return
 	}
-	var release func()
 	for {
 		if route, ok = r.routes.Load().Get(d.subscriptionID); !ok {
 			r.cancel(d)
@@ -140,10 +139,6 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg) {
 		case laneFull:
 			r.postpone(d)
 			return
-		}
-		if release == nil {
-			release = r.inHand.hold(msg)
-			defer release()
 		}
 		select {
 		case <-r.slots.room:

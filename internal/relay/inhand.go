@@ -7,9 +7,9 @@ import (
 )
 
 // inHand is the deliveries this relay holds outside the slots' parking: the
-// ones running an attempt (rate-limit wait, request, storing its follow-up),
-// the one a dispatcher holds while the whole relay is full, and those fetched
-// behind it, not yet dispatched. keepHeld
+// ones running an attempt (rate-limit wait, request, storing its follow-up)
+// and the fetched ones not yet dispatched, including one whose dispatcher
+// waits while the whole relay is full. keepHeld
 // tells JetStream they are in progress, so --deliver-ack-wait only has to
 // outlast a relay that stopped answering, not the longest attempt, and the
 // work of a crashed relay goes to the others that much sooner.
@@ -22,7 +22,7 @@ type inHand struct {
 func newInHand() *inHand { return &inHand{msgs: map[uint64]jetstream.Msg{}} }
 
 // hold adds msg until the returned release is called. The same message may be
-// held twice (a dispatcher hands it to an attempt): each hold is its own entry.
+// held twice (a dispatch starts its attempt): each hold is its own entry.
 func (h *inHand) hold(msg jetstream.Msg) (release func()) {
 	h.mu.Lock()
 	id := h.next

@@ -106,7 +106,7 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	if d.notBefore.After(time.Now()) {
-		r.stats.waiting(d.deliveryID, d.subscriptionID, d.notBefore.Add(r.cfg.Queue.DeliverAckWait))
+		r.stats.waiting(d.deliveryID, d.subscriptionID, r.waitingExpires(d.notBefore))
 		if msg.Headers().Get(jetstream.SchedulerHeader) != "" {
 			// JetStream's scheduler fired it, so its clock says it is due:
 			// this relay's clock is behind. Scheduling it again would fire at
@@ -118,8 +118,8 @@ func (r *Relay) dispatch(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	if ok, hold := r.breaker.admit(route.ID, time.Now()); !ok {
-		// Paused endpoint: the delivery waits in JetStream, as a scheduled
-		// message, until the next probe is due.
+		// Paused endpoint: the delivery waits in JetStream until the next
+		// probe is due (hold).
 		r.hold(d, time.Now().Add(hold))
 		return
 	}
@@ -163,10 +163,6 @@ func (r *Relay) start(ctx context.Context, ds []*pendingDelivery) {
 // run attempts d, then whatever the slots hand this goroutine next.
 func (r *Relay) run(ctx context.Context, d *pendingDelivery) {
 	for d != nil {
-		if d.parked {
-			// Parked time counted against AckWait; the attempt gets it afresh.
-			_ = d.msg.InProgress()
-		}
 		release := r.inHand.hold(d.msg)
 		o, took := r.attempt(ctx, d)
 		release()
@@ -183,17 +179,12 @@ func (r *Relay) run(ctx context.Context, d *pendingDelivery) {
 	}
 }
 
-// keepHeld looks after the deliveries this relay holds until ctx is done:
-// every parkSweepEvery, lanes that stopped making progress give back what no
-// longer fits them (nothing else would evict them while nothing new
-// arrives for them), and every quarter of AckWait JetStream is told that the
-// parked rest and those in hand are still being worked on, so none is handed
-// out twice while it waits or its attempt runs.
-func (r *Relay) keepHeld(ctx context.Context) {
+// sweepParked gives back, every parkSweepEvery until ctx is done, what no
+// longer fits lanes that stopped making progress: nothing else would evict
+// their parked surplus while nothing new arrives for them.
+func (r *Relay) sweepParked(ctx context.Context) {
 	sweep := time.NewTicker(parkSweepEvery)
 	defer sweep.Stop()
-	progress := time.NewTicker(r.cfg.Queue.DeliverAckWait / 4)
-	defer progress.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -202,6 +193,22 @@ func (r *Relay) keepHeld(ctx context.Context) {
 			for _, d := range r.slots.sweepAll() {
 				r.postpone(d)
 			}
+		}
+	}
+}
+
+// reportProgress tells JetStream, every quarter of AckWait until ctx is done,
+// that the deliveries this relay holds (parked and in hand) are still being
+// worked on, so none is handed out twice while it waits or its attempt runs.
+// It has a goroutine of its own: a sweep that waits for JetStream to take
+// what it moves out must not delay it.
+func (r *Relay) reportProgress(ctx context.Context) {
+	progress := time.NewTicker(max(r.cfg.Queue.DeliverAckWait/4, time.Millisecond))
+	defer progress.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
 		case <-progress.C:
 			for _, d := range r.slots.parkedDeliveries() {
 				_ = d.msg.InProgress()
@@ -211,6 +218,13 @@ func (r *Relay) keepHeld(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// waitingExpires is when a retry due at due stops counting as pending here
+// if this relay never sees it settle: time for another replica to pick it up
+// (AckWait) and run its longest attempt.
+func (r *Relay) waitingExpires(due time.Time) time.Time {
+	return due.Add(r.cfg.Queue.DeliverAckWait + routing.MaxTimeout)
 }
 
 // cancel drops a delivery whose subscription left the routing table.
@@ -297,7 +311,7 @@ func (r *Relay) retry(d *pendingDelivery, route *routing.Route, res delivery.Res
 	if !r.storeThenAck(d, next, d.msgID(strconv.Itoa(d.attempt+1)), due) {
 		return
 	}
-	r.stats.waiting(d.deliveryID, route.ID, due.Add(r.cfg.Queue.DeliverAckWait))
+	r.stats.waiting(d.deliveryID, route.ID, r.waitingExpires(due))
 }
 
 // deadLetter records the delivery with its last error after the final

@@ -7,12 +7,13 @@ import (
 )
 
 // inHand is the deliveries this relay holds outside the slots' parking: the
-// ones running an attempt (rate-limit wait, request, storing its follow-up)
-// and the fetched ones not yet dispatched, including one whose dispatcher
-// waits while the whole relay is full. keepHeld
-// tells JetStream they are in progress, so --deliver-ack-wait only has to
-// outlast a relay that stopped answering, not the longest attempt, and the
-// work of a crashed relay goes to the others that much sooner.
+// ones running an attempt (rate-limit wait, request, storing its follow-up),
+// those moved out of the way until JetStream has stored their copy, and the
+// fetched ones not yet dispatched, including one whose dispatcher waits
+// while the whole relay is full. reportProgress tells JetStream they are in
+// progress, so --deliver-ack-wait only has to outlast a relay that stopped
+// answering, not the longest attempt, and the work of a crashed relay goes
+// to the others that much sooner.
 type inHand struct {
 	mu   sync.Mutex
 	next uint64

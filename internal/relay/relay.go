@@ -61,7 +61,7 @@ const (
 const (
 	// DefaultDeliverAckWait is how soon the deliveries a crashed relay held
 	// go to the others. A live relay reports progress on what it holds every
-	// quarter of it (keepHeld), so it need not outlast the longest attempt:
+	// quarter of it (reportProgress), so it need not outlast the longest attempt:
 	// only a relay that stopped answering for this long loses its deliveries
 	// to another, and a delivery may then be attempted twice.
 	DefaultDeliverAckWait = time.Minute
@@ -274,7 +274,8 @@ func (r *Relay) Run(ctx context.Context) error {
 			}
 		})
 	}
-	wg.Go(func() { r.keepHeld(workCtx) })
+	wg.Go(func() { r.sweepParked(workCtx) })
+	wg.Go(func() { r.reportProgress(workCtx) })
 	wg.Go(func() { r.flushAttempts(workCtx) })
 	wg.Go(func() { q.watchDeliveries(workCtx, r.cfg.Queue.DeliveriesMaxBytes, r.log) })
 	pumpErr := make(chan error, 2)

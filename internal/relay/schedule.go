@@ -103,7 +103,9 @@ func (r *Relay) moveOut(d *pendingDelivery, due time.Time, step string, postpone
 		r.storeFailed(d, err)
 		return
 	}
+	release := r.inHand.hold(d.msg)
 	r.settling.Go(func() {
+		defer release()
 		select {
 		case <-future.Ok():
 			r.ackStored(d)

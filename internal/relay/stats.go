@@ -18,7 +18,7 @@ type stats struct {
 }
 
 // waitingDelivery is a delivery this relay saw waiting for its retry. Another
-// replica may take the retry, so the entry expires (due time + AckWait) rather
+// replica may take the retry, so the entry expires (waitingExpires) rather
 // than waiting for a settlement this relay may never see.
 type waitingDelivery struct {
 	subscription string
